@@ -18,6 +18,7 @@ def get_config(arg=None):
     d.load_size = 286
     d.label_nc = 150
     d.contain_dontcare_label = True
+    d.unknown_label = 0
     d.no_instance = True
     d.train_split = "training"
     d.eval_split = "validation"

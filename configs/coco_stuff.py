@@ -18,6 +18,7 @@ def get_config(arg=None):
     d.load_size = 286
     d.label_nc = 182
     d.contain_dontcare_label = True
+    d.unknown_label = 182
     d.no_instance = False
     c.model.num_upsampling_layers = "normal"
     c.batch_size = 32

@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.label_nc = 8  # classes, excluding dontcare (K of §D.3)
     d.contain_dontcare_label = False  # adds one "unknown" one-hot channel (ADE20K, COCO)
     d.no_instance = False  # True: no instance-boundary channel
+    # Label value of "unknown" pixels after loading (-1: the dataset has none). ADE20K keeps
+    # raw 0 as unknown (one-hot channel 0, §7); COCO-Stuff maps 255 to label_nc = 182. These
+    # pixels are ignored (-1) by the contrastive and similarity losses (§D.3).
+    d.unknown_label = -1
     d.edges = "on_the_fly"  # "on_the_fly" (Canny in the pipeline) or "precomputed" (edge/ tree)
     d.train_split = "train"
     d.eval_split = "val"
