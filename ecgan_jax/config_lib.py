@@ -163,8 +163,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         _fail("loss_weights", config.loss_weights, "three weights for (I', I'_e, I'')")
     for layer in config.contrastive.layers:
         if layer not in CONTRASTIVE_LAYERS:
-            _fail("contrastive.layers", tuple(config.contrastive.layers),
-                  "a tuple of " + ", ".join(CONTRASTIVE_LAYERS))
+            _fail(
+                "contrastive.layers",
+                tuple(config.contrastive.layers),
+                "a tuple of " + ", ".join(CONTRASTIVE_LAYERS),
+            )
     if not 0.0 <= float(config.ema_decay) < 1.0:
         _fail("ema_decay", config.ema_decay, "a float in [0, 1)")
     return config

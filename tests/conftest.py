@@ -19,9 +19,7 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 
-FIXTURES = pathlib.Path(
-    os.environ.get("ECGAN_FIXTURES", str(_ROOT.parent / "shared" / "fixtures"))
-)
+FIXTURES = pathlib.Path(os.environ.get("ECGAN_FIXTURES", str(_ROOT.parent / "shared" / "fixtures")))
 
 
 def fixture_path(name: str) -> pathlib.Path:

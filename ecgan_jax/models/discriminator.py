@@ -1,0 +1,75 @@
+"""SPADE's multi-scale PatchGAN discriminator as ECGAN uses it (ECGAN_SPEC.md §3). NHWC.
+
+`MultiscaleDiscriminator.apply(variables, seg, image, train=...)` concatenates
+[seg, image] on channels and returns, per scale (full size, then each 3×3/2 average-pooled
+copy), the list of every layer's output: n_layers_D post-LeakyReLU features and, last, the
+patch logit map. Layers 1..n_layers_D-1 are spectral-norm convs without bias followed by
+InstanceNorm(affine=False); the first and last are plain convs with bias. Kernel 4, padding 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ecgan_jax.models.layers import SpectralConv, avg_pool_exclude_pad, conv, instance_norm
+
+Dtype = Any
+
+
+class NLayerDiscriminator(nn.Module):
+    """NLayerDiscriminator (discriminator.py l.74-100); submodules model0 .. model{n_layers}."""
+
+    ndf: int = 64
+    n_layers: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        lrelu = lambda t: nn.leaky_relu(t, 0.2)
+        outs = []
+        nf = self.ndf
+        x = lrelu(conv(nf, 4, stride=2, padding=2, dtype=self.dtype, name="model0")(x))
+        outs.append(x)
+        for n in range(1, self.n_layers):
+            nf = min(nf * 2, 512)
+            stride = 1 if n == self.n_layers - 1 else 2
+            x = SpectralConv(
+                nf, 4, stride=stride, padding=2, use_bias=False, dtype=self.dtype, name=f"model{n}"
+            )(x, update_stats=train)
+            x = lrelu(instance_norm(x))
+            outs.append(x)
+        x = conv(1, 4, stride=1, padding=2, dtype=self.dtype, name=f"model{self.n_layers}")(x)
+        outs.append(x)
+        return outs
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """num_D NLayerDiscriminators `discriminator_i` on successively avg-pooled inputs.
+
+    Attributes: input_nc (semantic_nc + 3, checked), ndf, num_D, n_layers, dtype.
+    """
+
+    input_nc: int
+    ndf: int = 64
+    num_D: int = 2
+    n_layers: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, seg, image, train: bool = False):
+        x = jnp.concatenate([seg.astype(self.dtype), image.astype(self.dtype)], axis=-1)
+        if x.ndim != 4 or x.shape[-1] != self.input_nc:
+            raise ValueError(
+                f"discriminator input concat(seg, image) must have {self.input_nc} channels "
+                f"(semantic_nc + 3), got shapes {tuple(seg.shape)} and {tuple(image.shape)}"
+            )
+        results = []
+        for i in range(self.num_D):
+            d = NLayerDiscriminator(self.ndf, self.n_layers, self.dtype, name=f"discriminator_{i}")
+            results.append(d(x, train))
+            if i != self.num_D - 1:
+                x = avg_pool_exclude_pad(x)
+        return results

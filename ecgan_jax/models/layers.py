@@ -1,0 +1,214 @@
+"""Building blocks with the authors' PyTorch semantics (ECGAN_SPEC.md §2.2, §3, §D.2).
+
+* `nearest_resize`: PyTorch's `F.interpolate(mode="nearest")` index rule, src = floor(dst·in/out).
+* `conv`: a conv with PyTorch-style symmetric padding and Xavier-normal(0.02) init.
+* `SpectralConv`: spectral norm with PyTorch's semantics in both modes: a training call runs one
+  power iteration on the stored (u, v) and stores them; an eval call uses σ = uᵀ W v from the
+  stored vectors with no iteration. u and v live in the `spectral` collection, in PyTorch's
+  layout (u: [O], v: [I·kh·kw] in OIHW flattening order) so that conversion is a copy.
+* `SyncBatchNorm`: parameter-free BatchNorm (SPADE's `SynchronizedBatchNorm2d(affine=False)`):
+  batch statistics over every axis but channels, i.e. over the *global* batch under a jit whose
+  batch is sharded; running statistics with PyTorch's momentum 0.1 and unbiased variance.
+* `instance_norm`, `avg_pool_exclude_pad`: the discriminator's InstanceNorm2d(affine=False) and
+  AvgPool2d(3, 2, 1, count_include_pad=False).
+
+All tensors are NHWC. Statistics and σ are float32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Xavier-normal with gain 0.02 (base_network.py init_weights): var = 0.02² · 2 / (fan_in + fan_out).
+xavier_002 = nn.initializers.variance_scaling(0.02**2, "fan_avg", "normal")
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source indices of PyTorch's nearest rule: floor(dst · in/out), clipped to in-1."""
+    scale = in_size / out_size
+    idx = np.floor(np.arange(out_size, dtype=np.float32) * np.float32(scale)).astype(np.int64)
+    return np.minimum(idx, in_size - 1)
+
+
+def nearest_resize(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Resizes (B,H,W,C) to (B,h,w,C) with PyTorch's nearest rule (ECGAN_SPEC.md §D.2).
+
+    Integer up/down factors become repeats/strided slices (identical indices, cheaper than a
+    gather); other ratios gather the computed indices.
+    """
+    out = x
+    for axis, new in ((1, int(size[0])), (2, int(size[1]))):
+        old = out.shape[axis]
+        if new == old:
+            continue
+        if new % old == 0:
+            out = jnp.repeat(out, new // old, axis=axis)
+        elif old % new == 0:
+            out = jax.lax.slice_in_dim(out, 0, old, stride=old // new, axis=axis)
+        else:
+            out = jnp.take(out, jnp.asarray(nearest_indices(old, new)), axis=axis)
+    return out
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """nn.Upsample(scale_factor=2) (nearest) on NHWC."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def _padding(kernel_size: int, padding: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    p = kernel_size // 2 if padding is None else padding
+    return ((p, p), (p, p))
+
+
+def conv(
+    features: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: int | None = None,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """A plain conv as PyTorch's nn.Conv2d (symmetric padding), Xavier-normal(0.02) init."""
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=_padding(kernel_size, padding),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=xavier_002,
+        name=name,
+    )
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    # torch.nn.functional.normalize: x / max(||x||, eps)
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def _unit_normal(key, shape):
+    return _l2_normalize(jax.random.normal(key, shape, jnp.float32))
+
+
+def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
+    """σ of a HWIO kernel by PyTorch's rule; returns (σ, u, v) (u, v updated if `update`).
+
+    W_mat is the kernel in PyTorch's (O, I·kh·kw) layout. One power iteration when `update`
+    (under stop-gradient, as torch's no_grad), then σ = uᵀ W_mat v with gradients through W only.
+    """
+    w_mat = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(kernel.shape[3], -1)
+    if update:
+        w_sg = jax.lax.stop_gradient(w_mat)
+        v = _l2_normalize(w_sg.T @ u)
+        u = _l2_normalize(w_sg @ v)
+    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    sigma = jnp.dot(u, w_mat @ v)
+    return sigma, u, v
+
+
+class SpectralConv(nn.Module):
+    """nn.Conv2d wrapped in torch.nn.utils.spectral_norm (ECGAN_SPEC.md §D.2, §8.10).
+
+    Parameters: `kernel` (HWIO, the raw `weight_orig`), optional `bias`. Collection `spectral`:
+    `u` [O] and `v` [I·kh·kw]. `update_stats=True` (training) runs one power iteration and
+    stores u, v (the collection must be mutable); False (eval) uses the stored vectors.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, update_stats: bool):
+        k = self.kernel_size
+        cin = x.shape[-1]
+        kernel = self.param("kernel", xavier_002, (k, k, cin, self.features), jnp.float32)
+        u_var = self.variable(
+            "spectral", "u", lambda: _unit_normal(self.make_rng("params"), (self.features,))
+        )
+        v_var = self.variable(
+            "spectral", "v", lambda: _unit_normal(self.make_rng("params"), (cin * k * k,))
+        )
+        sigma, u, v = spectral_sigma(kernel, u_var.value, v_var.value, update_stats)
+        if update_stats and not self.is_initializing():
+            u_var.value, v_var.value = u, v
+        w = (kernel / sigma).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            w,
+            window_strides=(self.stride, self.stride),
+            padding=_padding(k, self.padding),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class SyncBatchNorm(nn.Module):
+    """Parameter-free BatchNorm over the global batch (SPADE's SyncBN, affine=False).
+
+    Train: normalise with the batch mean and biased variance over (B, H, W), and update
+    `batch_stats` {mean, var} with momentum 0.1 and the *unbiased* variance, as PyTorch does.
+    Eval: use the running statistics. Computed in float32, returned in `dtype`.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool):
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        xf = x.astype(jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axis=axes)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            if not self.is_initializing():
+                n = int(np.prod([x.shape[a] for a in axes]))
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * unbiased
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y.astype(self.dtype)
+
+
+def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+    """InstanceNorm2d(affine=False): per sample and channel over H, W; float32 statistics."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
+
+
+def avg_pool_exclude_pad(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1):
+    """AvgPool2d(window, stride, pad, count_include_pad=False) on NHWC."""
+    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
+    padding = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, padding)
+    ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides, padding)
+    return total / count
