@@ -127,7 +127,7 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """int32 (h, w) -> (H, W) with PIL NEAREST (as the authors' loader resizes labels)."""
     if x.shape == tuple(size):
         return x
-    img = Image.fromarray(np.ascontiguousarray(x, np.int32), mode="I")
+    img = Image.fromarray(np.ascontiguousarray(x, np.int32))
     return np.asarray(img.resize((size[1], size[0]), Image.NEAREST), np.int32)
 
 
@@ -135,6 +135,16 @@ def resize_bicubic(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.size == (size[1], size[0]):
         return img
     return img.resize((size[1], size[0]), Image.BICUBIC)
+
+
+def edge_map(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Canny edges (uint8 0/255, (H, W)) of an image resized BICUBIC to `size` = (H, W).
+
+    The one function behind on-the-fly edges and the precomputed edge tree (`edges.py`).
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return canny(np.asarray(resize_bicubic(image, size), np.uint8))
 
 
 def to_unit_range(x: np.ndarray) -> np.ndarray:
@@ -184,7 +194,7 @@ class ExampleTransform:
             edge_img = open_image(record["edge"], where("edge")).convert("L")
             edge_u8 = np.asarray(resize_bicubic(edge_img, size), np.uint8)
         else:
-            edge_u8 = canny(image_u8)
+            edge_u8 = canny(image_u8)  # == edge_map(original image, size)
         label = resize_nearest(label, size)
         instance = np.zeros(size, np.int32) if instance is None else resize_nearest(instance, size)
 
