@@ -101,7 +101,7 @@ def scan(modality: Modality) -> dict[str, str]:
         walker = [(modality.directory, sorted(os.listdir(modality.directory)))]
     for directory, files in walker:
         for f in files:
-            suffix = next((s for s in modality.suffixes if f.lower().endswith(s)), None)
+            suffix = next((s for s in modality.suffixes if f.lower().endswith(s.lower())), None)
             if suffix is None:
                 continue
             stem, path = f[: -len(suffix)], os.path.join(directory, f)
