@@ -6,8 +6,9 @@
 1. grey = MATLAB `rgb2gray` weights on 0..255 doubles (no rounding to uint8);
 2. 5x5 Gaussian, the standard /159 kernel (sigma ~ 1.4), MATLAB `conv2(..., 'same')` (zero pad);
 3. Sobel with Gx = [-1 0 1; -2 0 2; -1 0 1], Gy = [1 2 1; 0 0 0; -1 -2 -1], also `conv2 'same'`;
-4. direction atan2(Gy, Gx) quantised to 0 / 45 / 90 / 135 degrees (mod 180, bins of 45 centred
-   on them);
+4. direction atan2(Gy, Gx) quantised to 0 / 45 / 90 / 135 degrees (mod 180, bins of 45
+   centred on them); directions (degrees) and magnitudes are rounded to 1e-9 first, so that
+   exact ties of symmetric shapes do not hang on the float summation order;
 5. non-maximum suppression on interior pixels only: a pixel survives when its magnitude is >=
    both neighbours along the quantised direction (0: left/right, 45: (i+1, j-1)/(i-1, j+1),
    90: up/down, 135: (i+1, j+1)/(i-1, j-1)); border pixels are 0;
@@ -42,6 +43,7 @@ GAUSS_5x5 = (
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
 SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float64)
 T_LOW, T_HIGH = 0.075, 0.175
+ROUND_DECIMALS = 9  # gradients are <= ~3000: far above float64 noise, far below real detail
 
 
 def rgb2gray(rgb: np.ndarray) -> np.ndarray:
@@ -67,7 +69,9 @@ def gradients(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def quantised_direction(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """Direction of (gx, gy) in degrees quantised to {0, 45, 90, 135} (step 4), int array."""
-    angle = np.degrees(np.arctan2(gy, gx)) % 180.0
+    # Rounded so that directions that are exactly on a bin boundary in exact arithmetic (the
+    # diagonals of symmetric shapes) do not depend on the summation order's last ulp.
+    angle = np.round(np.degrees(np.arctan2(gy, gx)), ROUND_DECIMALS) % 180.0
     q = np.zeros(angle.shape, np.int32)
     q[(angle >= 22.5) & (angle < 67.5)] = 45
     q[(angle >= 67.5) & (angle < 112.5)] = 90
@@ -77,7 +81,9 @@ def quantised_direction(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
 
 def suppressed_magnitude(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """Magnitude times the non-maximum-suppression mask (steps 4-6), (H, W) float64."""
-    mag = np.hypot(gx, gy)
+    # Rounded so that exact ties (both sides of a symmetric step) stay ties whatever the
+    # convolution's summation order; the survivors are then >= both neighbours.
+    mag = np.round(np.hypot(gx, gy), ROUND_DECIMALS)
     h, w = mag.shape
     out = np.zeros_like(mag)
     if h < 3 or w < 3:
