@@ -96,7 +96,8 @@ class EcganDataset(tfds.core.GeneratorBasedBuilder):
         data = tfds.features.Tensor(shape=(), dtype=np.object_)
         return tfds.core.DatasetInfo(
             builder=self,
-            description="ECGAN semantic image synthesis data: " + self.builder_config.description,
+            description="ECGAN semantic image synthesis data: "
+            + (self.builder_config.description or self.builder_config.dataset),
             features=tfds.features.FeaturesDict(
                 {
                     "stem": tfds.features.Text(),
