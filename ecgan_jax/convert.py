@@ -66,9 +66,11 @@ def _torch_key(collection: str, path: tuple[str, ...], spectral_layers: set, is_
 
 
 def _convert(state_dict, abstract, what: str, is_disc: bool):
-    state = {k: np.asarray(v) for k, v in state_dict.items() if not _DROPPED.search(k)}
+    state = {k: np.asarray(v) for k, v in state_dict.items()}
+    # Strip a DataParallel "module." prefix before dropping fc1 (its pattern is anchored).
     if any(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not _DROPPED.search(k)}
     spectral_layers = {
         tuple(p.key for p in path[:-1])
         for path, _ in jax.tree_util.tree_leaves_with_path(abstract.get("spectral", {}))
