@@ -25,23 +25,25 @@ class NLayerDiscriminator(nn.Module):
     ndf: int = 64
     n_layers: int = 4
     dtype: Dtype = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool):
         lrelu = lambda t: nn.leaky_relu(t, 0.2)
         outs = []
         nf = self.ndf
-        x = lrelu(conv(nf, 4, stride=2, padding=2, dtype=self.dtype, name="model0")(x))
+        kw = dict(dtype=self.dtype, impl=self.conv_impl)
+        x = lrelu(conv(nf, 4, stride=2, padding=2, name="model0", **kw)(x))
         outs.append(x)
         for n in range(1, self.n_layers):
             nf = min(nf * 2, 512)
             stride = 1 if n == self.n_layers - 1 else 2
             x = SpectralConv(
-                nf, 4, stride=stride, padding=2, use_bias=False, dtype=self.dtype, name=f"model{n}"
+                nf, 4, stride=stride, padding=2, use_bias=False, name=f"model{n}", **kw
             )(x, update_stats=train)
             x = lrelu(instance_norm(x))
             outs.append(x)
-        x = conv(1, 4, stride=1, padding=2, dtype=self.dtype, name=f"model{self.n_layers}")(x)
+        x = conv(1, 4, stride=1, padding=2, name=f"model{self.n_layers}", **kw)(x)
         outs.append(x)
         return outs
 
@@ -57,6 +59,7 @@ class MultiscaleDiscriminator(nn.Module):
     num_D: int = 2
     n_layers: int = 4
     dtype: Dtype = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, seg, image, train: bool = False):
@@ -68,7 +71,9 @@ class MultiscaleDiscriminator(nn.Module):
             )
         results = []
         for i in range(self.num_D):
-            d = NLayerDiscriminator(self.ndf, self.n_layers, self.dtype, name=f"discriminator_{i}")
+            d = NLayerDiscriminator(
+                self.ndf, self.n_layers, self.dtype, self.conv_impl, name=f"discriminator_{i}"
+            )
             results.append(d(x, train))
             if i != self.num_D - 1:
                 x = avg_pool_exclude_pad(x)

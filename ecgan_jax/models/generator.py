@@ -43,6 +43,7 @@ class Generator(nn.Module):
     num_upsampling_layers: str = "normal"
     spade_hidden: int = 128
     dtype: Dtype = jnp.float32
+    conv_impl: str | None = None  # weight-gradient path, see models/conv.py (None = auto)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         if self.num_upsampling_layers not in UPSAMPLING_LAYERS:
@@ -66,7 +67,8 @@ class Generator(nn.Module):
             )
         seg = seg.astype(jnp.float32)
         nf, dt = self.ngf, self.dtype
-        blk = dict(hidden=self.spade_hidden, dtype=dt)
+        blk = dict(hidden=self.spade_hidden, dtype=dt, conv_impl=self.conv_impl)
+        ckw = dict(dtype=dt, impl=self.conv_impl)
         features = {}
 
         def block(name, fout, x):
@@ -75,7 +77,7 @@ class Generator(nn.Module):
             return y
 
         x = nearest_resize(seg, self.latent_size(*seg.shape[1:3])).astype(dt)
-        x = conv(16 * nf, dtype=dt, name="fc")(x)
+        x = conv(16 * nf, name="fc", **ckw)(x)
         x = block("head_0", 16 * nf, x)
         x = block("G_middle_0", 16 * nf, upsample2x(x))
         if self.num_upsampling_layers in ("more", "most"):
@@ -92,8 +94,8 @@ class Generator(nn.Module):
         # Edge branch and image branch with attention-guided edge transfer (§2.3).
         e, g = feat, feat
         for k, width in enumerate(BRANCH_WIDTHS, start=1):
-            e = conv(width, dtype=dt, name=f"conv_edge{k}")(lrelu(e))
-            g = conv(width, dtype=dt, name=f"conv_img{k}")(lrelu(g))
+            e = conv(width, name=f"conv_edge{k}", **ckw)(lrelu(e))
+            g = conv(width, name=f"conv_img{k}", **ckw)(lrelu(g))
             if k < len(BRANCH_WIDTHS):
                 g = g * nn.sigmoid(e) + g
         edge = jnp.tanh(e)
@@ -102,11 +104,11 @@ class Generator(nn.Module):
         # Semantic-preserving module (§2.4).
         c_cat = feat.shape[-1] + 3 + 3 + self.semantic_nc
         xcat = jnp.concatenate([feat, image_first, edge, seg.astype(dt)], axis=-1)
-        f_c = conv(self.label_nc, dtype=dt, name="conv_comb1")(lrelu(xcat))
+        f_c = conv(self.label_nc, name="conv_comb1", **ckw)(lrelu(xcat))
         gate = nn.sigmoid(jnp.mean(f_c.astype(jnp.float32), axis=(1, 2), keepdims=True))
         f_c = f_c + f_c * gate.astype(dt)
-        f_r = conv(c_cat, dtype=dt, name="conv_comb2")(lrelu(f_c))
-        image_final = jnp.tanh(conv(3, dtype=dt, name="conv_comb")(lrelu(f_r)))
+        f_r = conv(c_cat, name="conv_comb2", **ckw)(lrelu(f_c))
+        image_final = jnp.tanh(conv(3, name="conv_comb", **ckw)(lrelu(f_r)))
 
         outs = tuple(o.astype(jnp.float32) for o in (image_first, image_final, edge))
         if return_features:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecgan_jax.models.conv import conv2d
+
 Dtype = Any
 
 # Xavier-normal with gain 0.02 (base_network.py init_weights): var = 0.02² · 2 / (fan_in + fan_out).
@@ -65,9 +67,35 @@ def upsample2x(x: jax.Array) -> jax.Array:
     return x.reshape(b, 2 * h, 2 * w, c)
 
 
-def _padding(kernel_size: int, padding: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    p = kernel_size // 2 if padding is None else padding
-    return ((p, p), (p, p))
+class Conv2d(nn.Module):
+    """nn.Conv2d (symmetric padding) with Xavier-normal(0.02) init; params `kernel` (HWIO)
+    and `bias`, as flax's nn.Conv names them. `impl` picks the weight-gradient path
+    (`ecgan_jax.models.conv`: None = auto, "xla", "blocked")."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features), jnp.float32)
+        p = k // 2 if self.padding is None else self.padding
+        y = conv2d(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            stride=self.stride,
+            padding=p,
+            impl=self.impl,
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 def conv(
@@ -78,20 +106,11 @@ def conv(
     padding: int | None = None,
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
+    impl: str | None = None,
     name: str | None = None,
-) -> nn.Conv:
+) -> Conv2d:
     """A plain conv as PyTorch's nn.Conv2d (symmetric padding), Xavier-normal(0.02) init."""
-    return nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=_padding(kernel_size, padding),
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=xavier_002,
-        name=name,
-    )
+    return Conv2d(features, kernel_size, stride, padding, use_bias, dtype, impl, name=name)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -133,6 +152,7 @@ class SpectralConv(nn.Module):
     padding: int | None = None
     use_bias: bool = True
     dtype: Dtype = jnp.float32
+    impl: str | None = None
 
     @nn.compact
     def __call__(self, x, update_stats: bool):
@@ -149,13 +169,8 @@ class SpectralConv(nn.Module):
         if update_stats and not self.is_initializing():
             u_var.value, v_var.value = u, v
         w = (kernel / sigma).astype(self.dtype)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            w,
-            window_strides=(self.stride, self.stride),
-            padding=_padding(k, self.padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        p = k // 2 if self.padding is None else self.padding
+        y = conv2d(x.astype(self.dtype), w, stride=self.stride, padding=p, impl=self.impl)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)

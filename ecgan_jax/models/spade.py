@@ -31,6 +31,7 @@ class SPADE(nn.Module):
     norm_nc: int
     hidden: int = 128
     dtype: Dtype = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, seg, train: bool):
@@ -38,9 +39,10 @@ class SPADE(nn.Module):
             x, use_running_average=not train
         )
         seg = nearest_resize(seg, x.shape[1:3]).astype(self.dtype)
-        actv = nn.relu(conv(self.hidden, dtype=self.dtype, name="mlp_shared")(seg))
-        gamma = conv(self.norm_nc, dtype=self.dtype, name="mlp_gamma")(actv)
-        beta = conv(self.norm_nc, dtype=self.dtype, name="mlp_beta")(actv)
+        kw = dict(dtype=self.dtype, impl=self.conv_impl)
+        actv = nn.relu(conv(self.hidden, name="mlp_shared", **kw)(seg))
+        gamma = conv(self.norm_nc, name="mlp_gamma", **kw)(actv)
+        beta = conv(self.norm_nc, name="mlp_beta", **kw)(actv)
         return normalized * (1 + gamma) + beta
 
 
@@ -54,22 +56,24 @@ class SPADEResnetBlock(nn.Module):
     fout: int
     hidden: int = 128
     dtype: Dtype = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, seg, train: bool):
         fin = x.shape[-1]
         fmiddle = min(fin, self.fout)
         seg = nearest_resize(seg, x.shape[1:3])
-        kw = dict(hidden=self.hidden, dtype=self.dtype)
+        kw = dict(hidden=self.hidden, dtype=self.dtype, conv_impl=self.conv_impl)
+        ckw = dict(dtype=self.dtype, impl=self.conv_impl)
         if fin != self.fout:
             xs = SPADE(fin, name="norm_s", **kw)(x, seg, train)
-            xs = SpectralConv(self.fout, 1, use_bias=False, dtype=self.dtype, name="conv_s")(
+            xs = SpectralConv(self.fout, 1, use_bias=False, name="conv_s", **ckw)(
                 xs, update_stats=train
             )
         else:
             xs = x
         dx = lrelu(SPADE(fin, name="norm_0", **kw)(x, seg, train))
-        dx = SpectralConv(fmiddle, 3, dtype=self.dtype, name="conv_0")(dx, update_stats=train)
+        dx = SpectralConv(fmiddle, 3, name="conv_0", **ckw)(dx, update_stats=train)
         dx = lrelu(SPADE(fmiddle, name="norm_1", **kw)(dx, seg, train))
-        dx = SpectralConv(self.fout, 3, dtype=self.dtype, name="conv_1")(dx, update_stats=train)
+        dx = SpectralConv(self.fout, 3, name="conv_1", **ckw)(dx, update_stats=train)
         return xs + dx
