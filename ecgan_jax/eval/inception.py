@@ -309,9 +309,22 @@ def abstract_variables():
 
 
 def init_inception(seed: int = 0) -> dict:
-    """Random variables (tests, benchmarks); BN statistics are the identity (mean 0, var 1)."""
-    x = jnp.zeros((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32)
-    return jax.jit(lambda x: InceptionV3FID().init(jax.random.key(seed), x))(x)
+    """Random variables for tests and benchmarks, made in numpy (no compile).
+
+    He-normal kernels keep the activation scale through the 94 conv+ReLU layers; BatchNorm is
+    the identity (scale 1, bias 0, mean 0, var 1).
+    """
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = x.shape[0] * x.shape[1] * x.shape[2]
+            return rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
+        fill = 1.0 if name in ("scale", "var") else 0.0
+        return np.full(x.shape, fill, np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract_variables())
 
 
 _LEAF_TO_TORCH = {
