@@ -62,9 +62,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of the PyTorch tensor that becomes a Flax leaf of `flax_shape`."""
-    if kind in (CONV, DECONV):
+    if kind in (CONV, DECONV):  # depthwise DECONV: torch (C, 1, kh, kw) <-> HWIO (kh, kw, 1, C)
         kh, kw, i, o = flax_shape
-        return (i, o, kh, kw) if kind == DECONV else (o, i, kh, kw)
+        return (o, i, kh, kw)
     return tuple(flax_shape)
 
 
