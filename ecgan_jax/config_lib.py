@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     # --- similarity loss (ECGAN_SPEC.md §D.1) ---
     c.lambda_sim = 0.0
 
+    # --- devices ---
+    c.num_devices = -1  # -1: every device of every process; N > 0: the first N (one host)
+
     # --- bookkeeping ---
     c.log_every = 50
     c.image_every = 500

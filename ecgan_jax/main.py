@@ -1,0 +1,71 @@
+"""Entry point: `python -m ecgan_jax.main --config=configs/cityscapes.py --workdir=DIR`.
+
+Config overrides: `--config.batch_size=8 --config.dataset.root=/data/cityscapes`. A thin shim
+over `ecgan_jax.train.train_and_evaluate`. Multi-process runs (TPU pods, SLURM, or explicit
+ECGAN_COORDINATOR_ADDRESS / ECGAN_NUM_PROCESSES / ECGAN_PROCESS_ID) call
+`jax.distributed.initialize()` first; a single process on a laptop does not.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file[:variant].", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints and logs.")
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "jax.distributed.initialize(): auto = when a multi-process launch is detected.",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multiprocess_env() -> bool:
+    if os.environ.get("ECGAN_COORDINATOR_ADDRESS"):
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len([h for h in hosts.split(",") if h]) > 1
+
+
+def initialize_distributed(mode: str = "auto") -> None:
+    """Calls jax.distributed.initialize() when running multi-process (guarded for laptops)."""
+    import jax
+
+    if mode == "off" or (mode == "auto" and not _multiprocess_env()):
+        return
+    kwargs = {}
+    if os.environ.get("ECGAN_COORDINATOR_ADDRESS"):
+        kwargs = dict(
+            coordinator_address=os.environ["ECGAN_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["ECGAN_NUM_PROCESSES"]),
+            process_id=int(os.environ["ECGAN_PROCESS_ID"]),
+        )
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "jax.distributed: process %d of %d, %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    initialize_distributed(FLAGS.distributed)
+    from ecgan_jax.train import train_and_evaluate
+
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,280 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind `python -m ecgan_jax.main`.
+
+Mesh first; the state created already replicated on it (or restored from the latest checkpoint
+in `workdir`, data position included); one jitted, donated step per global batch, run under
+`jax.transfer_guard("disallow")` so no hidden host transfer slips into the loop; metrics fetched
+only every `log_every` steps; clu writers (TensorBoard) from process 0; image grids of the EMA
+generator on a fixed eval batch every `image_every` steps (also written as PNG); a per-class
+colour error of I″ against the real image logged at the start and the end; orbax checkpoints on
+an interval, on SIGTERM (preemption) and at the end. A non-finite loss stops the run naming the
+term, without writing a checkpoint of the broken state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecgan_jax import config_lib
+from ecgan_jax.checkpointing import Checkpointer, abstract_with_shardings
+from ecgan_jax.models.encoding import encode_labels
+from ecgan_jax.quality import class_colour_error, image_grid
+from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
+from ecgan_jax.steps import jit_train_step, make_train_step
+from ecgan_jax.train_state import (
+    build_models,
+    create_train_state,
+    make_optimizers,
+    parameter_overview,
+    total_steps,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient norm became NaN/inf; the message names the term and the step."""
+
+
+def setup_compilation_cache(config) -> None:
+    path = config.get("compilation_cache_dir", "") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def perceptual_network(config):
+    """(vgg module, params) for the perceptual loss, or (None, None) when disabled.
+
+    Refuses to start without a weights file unless the config disables the loss or asks for
+    random weights (tests, demos), and says which in the log.
+    """
+    p = config.perceptual
+    if not p.enabled or float(config.lambda_vgg) == 0:
+        logging.info("perceptual (VGG) loss disabled")
+        return None, None
+    from ecgan_jax.models import vgg as vgg_lib
+
+    module = vgg_lib.VGG19Features(imagenet_normalize=bool(p.imagenet_normalize))
+    if p.weights_path:
+        params = vgg_lib.load_vgg19_params(p.weights_path)
+        logging.info("perceptual loss: VGG19 weights from %s", p.weights_path)
+    elif p.random_weights:
+        params = vgg_lib.random_vgg19_params(jax.random.PRNGKey(int(config.seed) + 17))
+        logging.warning(
+            "perceptual loss uses RANDOMLY INITIALISED VGG19 weights "
+            "(config.perceptual.random_weights=True): fine for tests and demos, not for results"
+        )
+    else:
+        raise ValueError(
+            "config.perceptual.weights_path is empty: the VGG perceptual loss needs ImageNet "
+            "VGG19 weights. Convert torchvision's vgg19 state dict once with\n"
+            "  python -m ecgan_jax.models.vgg --convert vgg19-dcbb9e9d.pth --out vgg19.npz\n"
+            "and pass --config.perceptual.weights_path=vgg19.npz; or set "
+            "--config.perceptual.enabled=False, or --config.perceptual.random_weights=True "
+            "(tests/demos only)"
+        )
+    return module, params
+
+
+def make_generate_fn(models, config):
+    """jit(eval-mode generator): (gen_params, g_stats, label, instance) -> (I′, I″, I′_e)."""
+
+    @jax.jit
+    def generate(gen_params, g_stats, label, instance):
+        seg = encode_labels(label, instance, config)
+        return models.generator.apply({"params": gen_params, **g_stats}, seg, train=False)
+
+    return generate
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+    for name, value in metrics.items():
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite value {value} of '{name}' at step {step}; training stopped, the "
+                "last good checkpoint is kept"
+            )
+
+
+def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
+    """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
+
+    Resumes from the latest checkpoint in `workdir` when there is one. `max_steps` stops (with
+    a checkpoint, as on preemption) after that many steps of this call; `step_callback(step)`
+    runs on the host after each step. Both are for tests and notebooks. Returns the final
+    `TrainState`.
+    """
+    from clu import metric_writers, periodic_actions
+
+    from ecgan_jax import data as data_lib
+
+    config_lib.validate_config(config)
+    setup_compilation_cache(config)
+    os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+    is_main = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+
+    num_devices = int(config.get("num_devices", -1))
+    mesh = make_mesh(jax.devices()[:num_devices] if num_devices > 0 else None)
+    check_batch_size(int(config.batch_size), mesh)
+    models = build_models(config)
+    train_iter = data_lib.make_train_iterator(config)
+    dataset_size = int(train_iter.num_examples)
+    num_steps = total_steps(config, dataset_size)
+    tx_g, tx_d, schedules = make_optimizers(config, dataset_size)
+    vgg, vgg_params = perceptual_network(config)
+    rep = replicated(mesh)
+    if vgg_params is not None:
+        vgg_params = jax.device_put(vgg_params, rep)
+
+    ckpt = Checkpointer(
+        workdir, every=int(config.checkpoint_every), keep=int(config.keep_checkpoints)
+    )
+    abstract = jax.eval_shape(lambda: create_train_state(config, models, tx_g, tx_d, mesh=None))
+    shardings = jax.tree_util.tree_map(lambda _: rep, abstract)
+    if ckpt.latest_step() is not None:
+        start = ckpt.latest_step()
+        state, data_state = ckpt.restore(abstract_with_shardings(abstract, rep))
+        train_iter.set_state(data_state)
+        logging.info("resumed from %s at step %d", ckpt.directory, start)
+    else:
+        state = create_train_state(config, models, tx_g, tx_d, mesh=mesh)
+        start = 0
+    logging.info("parameter overview:\n%s", parameter_overview(state))
+    writer.write_hparams(
+        {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
+    ) if start == 0 else None
+
+    step_fn = jit_train_step(
+        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg),
+        mesh,
+        shardings,
+        rep if vgg_params is not None else None,
+    )
+
+    # A fixed eval batch for image grids and the colour-error figure.
+    eval_batch = next(
+        iter(data_lib.make_eval_iterator(config, batch_size=min(int(config.num_eval_images), 8)))
+    )
+    generate = make_generate_fn(models, config)
+
+    def evaluate_images(st, step):
+        gen_params = st.ema_params if st.ema_params is not None else st.g_params["generator"]
+        first, final, edge = jax.device_get(
+            generate(
+                gen_params,
+                st.g_stats,
+                jnp.asarray(eval_batch["label"]),
+                jnp.asarray(eval_batch["instance"]),
+            )
+        )
+        err = class_colour_error(
+            final,
+            eval_batch["image"],
+            eval_batch["label"],
+            num_classes=config_lib.semantic_nc(config),
+        )
+        writer.write_scalars(step, {"quality/class_colour_error": err})
+        grid = image_grid(
+            eval_batch, first, edge, final, num_classes=config_lib.semantic_nc(config)
+        )
+        writer.write_images(step, {"samples": grid[None]})
+        if is_main and "://" not in workdir:
+            from PIL import Image
+
+            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
+            Image.fromarray(grid).save(os.path.join(workdir, "images", f"step_{step:07d}.png"))
+        return err
+
+    stop_requested = {"flag": False}
+
+    def on_sigterm(signum, frame):
+        del signum, frame
+        stop_requested["flag"] = True
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    hooks = [report] if is_main else []
+    all_finite = jax.jit(
+        lambda t: jnp.all(
+            jnp.stack(
+                [
+                    jnp.all(jnp.isfinite(x))
+                    for x in jax.tree_util.tree_leaves(t)
+                    if jnp.issubdtype(x.dtype, jnp.floating)
+                ]
+            )
+        )
+    )
+
+    def save(step, metrics, force):
+        """Saves unless a loss or any state value is non-finite (then raises)."""
+        if metrics is not None:
+            _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
+        if not bool(all_finite(state)):
+            raise NonFiniteLossError(
+                f"the train state holds non-finite values at step {step}; not saving it, the "
+                "last good checkpoint is kept"
+            )
+        ckpt.save(step, state, train_iter.get_state(), force=force)
+
+    def should_stop(step):
+        """SIGTERM (or the max_steps test hook), agreed by every process."""
+        if max_steps is not None and step - start >= max_steps:
+            return True
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # JAX's preemption sync manager (set up by jax.distributed.initialize) makes all
+            # processes stop at the same step; a local flag could leave hosts in a collective.
+            return stop_requested["flag"] or multihost_utils.reached_preemption_sync_point(step)
+        return stop_requested["flag"]
+
+    err0 = evaluate_images(state, start)
+    logging.info("class colour error of I'' at step %d: %.4f", start, err0)
+    step, metrics = start, None
+    last_log_time, last_log_step = time.time(), start
+    try:
+        while step < num_steps:
+            batch = global_batch(next(train_iter), mesh)
+            with jax.transfer_guard("disallow"):
+                state, metrics = step_fn(state, batch, vgg_params)
+            step += 1
+            for h in hooks:
+                h(step)
+            if step % int(config.log_every) == 0 or step == num_steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(values, step)
+                now = time.time()
+                dt = (now - last_log_time) / max(step - last_log_step, 1)
+                values["perf/step_time_s"] = dt
+                values["perf/images_per_s"] = int(config.batch_size) / dt
+                last_log_time, last_log_step = now, step
+                writer.write_scalars(step, values)
+            if int(config.image_every) > 0 and step % int(config.image_every) == 0:
+                evaluate_images(state, step)
+            stop = should_stop(step)
+            if step % int(config.checkpoint_every) == 0 or stop:
+                save(step, metrics, force=stop)
+            if stop:
+                logging.warning("stop requested (SIGTERM or max_steps): saved step %d", step)
+                break
+            if step_callback is not None:
+                step_callback(step)
+        else:
+            if ckpt.latest_step() != step:
+                save(step, metrics, force=True)
+            err1 = evaluate_images(state, step)
+            logging.info(
+                "class colour error of I'' at step %d: %.4f (start: %.4f)", step, err1, err0
+            )
+    finally:
+        ckpt.close()
+        writer.flush()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return state

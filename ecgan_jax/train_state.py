@@ -1,0 +1,194 @@
+"""The training state: one pytree holding everything a step reads and writes (ECGAN_SPEC.md §D.4).
+
+`TrainState` holds the generator's trainable parameters (the generator plus the contrastive
+projection heads and the optional label head), the generator's statistics (SPADE BatchNorm
+running statistics, spectral-norm u/v), the discriminator's parameters and spectral statistics,
+two Adam states (TTUR: lr_G = lr/2, lr_D = 2·lr, betas (0, 0.9)), the EMA of the generator's
+parameters, the contrastive memory banks, the step and the base PRNG key. `create_train_state`
+builds it directly with replicated shardings on the mesh (jit with `out_shardings`), so no
+device ever holds an unsharded copy first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ecgan_jax import config_lib
+from ecgan_jax.models import build_discriminator, build_generator
+from ecgan_jax.models.encoding import num_contrastive_classes
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    rng: jax.Array  # uint32[2] base key; step keys are fold_in(rng, step)
+    g_params: Any  # {"generator": ..., "heads": {layer: ...}, "label_head": ...}
+    g_stats: Any  # {"batch_stats": ..., "spectral": ...}
+    d_params: Any
+    d_stats: Any  # {"spectral": ...}
+    g_opt_state: Any
+    d_opt_state: Any
+    ema_params: Any  # EMA of g_params["generator"] (or None when ema_decay == 0)
+    bank: Any  # contrastive memory banks (or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The modules of a training run, built once from the config."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    heads: dict  # layer name -> projection head module
+    label_head: nn.Module | None
+
+
+def build_models(config) -> Models:
+    cl = config.contrastive
+    heads, label_head = {}, None
+    if cl.enabled:
+        from ecgan_jax.models.heads import ProjectionHead
+
+        heads = {layer: ProjectionHead(dim=int(cl.dim)) for layer in cl.layers}
+    if float(config.lambda_sim) > 0:
+        from ecgan_jax.models.heads import LabelHead
+
+        label_head = LabelHead(num_classes=num_contrastive_classes(config))
+    return Models(build_generator(config), build_discriminator(config), heads, label_head)
+
+
+def steps_per_epoch(config, dataset_size: int) -> int:
+    return max(1, int(dataset_size) // int(config.batch_size))
+
+
+def total_steps(config, dataset_size: int) -> int:
+    """num_train_steps when set, else (niter + niter_decay) epochs."""
+    if int(config.num_train_steps) > 0:
+        return int(config.num_train_steps)
+    return (int(config.niter) + int(config.niter_decay)) * steps_per_epoch(config, dataset_size)
+
+
+def learning_rate_schedules(config, dataset_size: int):
+    """(lr_G, lr_D) schedules: constant, then linear decay to 0 (ECGAN_SPEC.md §4.1, §D.4).
+
+    The decay starts after `niter` epochs and lasts `niter_decay` epochs; with
+    `num_train_steps` set, the same niter : niter_decay split is applied to that many steps.
+    """
+    total = total_steps(config, dataset_size)
+    n_const, n_decay = int(config.niter), int(config.niter_decay)
+    decay_steps = round(total * n_decay / max(n_const + n_decay, 1))
+    const_steps = total - decay_steps
+    lr = float(config.lr)
+    lr_g, lr_d = (lr / 2, lr * 2) if config.ttur else (lr, lr)
+
+    def make(base):
+        if decay_steps <= 0:
+            return optax.constant_schedule(base)
+        return optax.join_schedules(
+            [optax.constant_schedule(base), optax.linear_schedule(base, 0.0, decay_steps)],
+            [const_steps],
+        )
+
+    return make(lr_g), make(lr_d)
+
+
+def make_optimizers(config, dataset_size: int):
+    sched_g, sched_d = learning_rate_schedules(config, dataset_size)
+    b1, b2 = float(config.beta1), float(config.beta2)
+    return optax.adam(sched_g, b1=b1, b2=b2), optax.adam(sched_d, b1=b1, b2=b2), (sched_g, sched_d)
+
+
+def init_variables(config, models: Models, rng):
+    """Random initial variables of every module (call under jit; eager init is slow)."""
+    h, w = (int(v) for v in config.dataset.image_size)
+    s = config_lib.semantic_nc(config)
+    seg = jnp.zeros((1, h, w, s), jnp.float32)
+    img = jnp.zeros((1, h, w, 3), jnp.float32)
+    k_g, k_d, k_h, k_l = jax.random.split(rng, 4)
+    g_vars = models.generator.init(k_g, seg, train=False, return_features=True)
+    _, _, _, feats = jax.eval_shape(
+        lambda v: models.generator.apply(v, seg, train=False, return_features=True), g_vars
+    )
+    d_vars = models.discriminator.init(k_d, seg, img, train=False)
+    heads = {}
+    for i, (layer, head) in enumerate(sorted(models.heads.items())):
+        x = jnp.zeros(feats[layer].shape, jnp.float32)
+        heads[layer] = head.init(jax.random.fold_in(k_h, i), x)["params"]
+    g_params = {"generator": g_vars["params"], "heads": heads}
+    if models.label_head is not None:
+        g_params["label_head"] = models.label_head.init(k_l, img)["params"]
+    g_stats = {k: v for k, v in g_vars.items() if k != "params"}
+    d_stats = {k: v for k, v in d_vars.items() if k != "params"}
+    return g_params, g_stats, d_vars["params"], d_stats
+
+
+def init_bank(config):
+    from ecgan_jax.losses import init_memory_bank
+
+    cl = config.contrastive
+    if not cl.enabled:
+        return None
+    return init_memory_bank(
+        num_classes=num_contrastive_classes(config),
+        dim=int(cl.dim),
+        pixel_bank_size=int(cl.pixel_bank_size),
+        region_bank_size=int(cl.region_bank_size),
+    )
+
+
+def create_train_state(config, models: Models, tx_g, tx_d, mesh=None, seed=None) -> TrainState:
+    """A fresh state, created directly with replicated shardings on `mesh` when given."""
+    seed = int(config.seed if seed is None else seed)
+
+    def init():
+        rng = jax.random.PRNGKey(seed)
+        k_init, k_run = jax.random.split(rng)
+        g_params, g_stats, d_params, d_stats = init_variables(config, models, k_init)
+        ema = g_params["generator"] if float(config.ema_decay) > 0 else None
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            rng=k_run,
+            g_params=g_params,
+            g_stats=g_stats,
+            d_params=d_params,
+            d_stats=d_stats,
+            g_opt_state=tx_g.init(g_params),
+            d_opt_state=tx_d.init(d_params),
+            ema_params=ema,
+            bank=init_bank(config),
+        )
+
+    if mesh is None:
+        return jax.jit(init)()
+    from ecgan_jax.sharding import replicated
+
+    abstract = jax.eval_shape(init)
+    shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
+    return jax.jit(init, out_shardings=shardings)()
+
+
+def state_shardings(state_or_abstract, mesh):
+    from ecgan_jax.sharding import replicated
+
+    return jax.tree_util.tree_map(lambda _: replicated(mesh), state_or_abstract)
+
+
+def parameter_overview(state: TrainState) -> str:
+    """Counts per group, for the log at start."""
+
+    def count(tree):
+        return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+    lines = [f"generator params: {count(state.g_params['generator']):,}"]
+    if state.g_params.get("heads"):
+        lines.append(f"projection heads params: {count(state.g_params['heads']):,}")
+    if "label_head" in state.g_params:
+        lines.append(f"label head params: {count(state.g_params['label_head']):,}")
+    lines.append(f"discriminator params: {count(state.d_params):,}")
+    return "\n".join(lines)
