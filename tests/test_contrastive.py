@@ -385,3 +385,16 @@ def test_multiscale_rejects_bad_inputs():
             num_anchors=A,
             temperature=0.1,
         )
+
+
+def test_temperature_and_weights_may_be_traced():
+    rng = np.random.default_rng(9)
+    za, zc = unit(rng.normal(size=(8, 4))), unit(rng.normal(size=(12, 4)))
+    ya = rng.integers(0, 3, size=8).astype(np.int32)
+    yc = rng.integers(0, 3, size=12).astype(np.int32)
+    traced = jax.jit(lambda t: L.supervised_contrastive_loss(za, ya, zc, yc, temperature=t))
+    np.testing.assert_allclose(float(traced(0.3)), ref_supcon(za, ya, zc, yc, 0.3), rtol=2e-5)
+    labels, embs = make_inputs(5)
+    eager = call(embs, labels, None, lambda_pixel=2.0, lambda_class=0.25)[0]
+    jitted = jax.jit(lambda lp, lc: call(embs, labels, None, lambda_pixel=lp, lambda_class=lc)[0])
+    np.testing.assert_allclose(float(jitted(2.0, 0.25)), float(eager), rtol=1e-6)

