@@ -128,10 +128,13 @@ def region_embeddings(
         raise ValueError(
             f"region_embeddings: labels {labels.shape} do not match embeddings {embeddings.shape}"
         )
-    one_hot = jax.nn.one_hot(labels.reshape(b, h * w), num_classes, dtype=jnp.float32)
+    classes = jnp.arange(num_classes, dtype=jnp.int32)
+    # (B, K, n) one-hot (ignore / out-of-range labels give zero columns); a batched matmul in
+    # this layout is ~2x faster forward+backward on XLA:CPU than the (B, n, K) einsum.
+    one_hot = (labels.reshape(b, 1, h * w) == classes[None, :, None]).astype(jnp.float32)
     emb = jnp.asarray(embeddings, jnp.float32).reshape(b, h * w, d)
-    sums = jnp.einsum("bnk,bnd->bkd", one_hot, emb, precision=jax.lax.Precision.HIGHEST)
-    counts = jnp.sum(one_hot, axis=1)  # (B, K)
+    sums = jnp.matmul(one_hot, emb, precision=jax.lax.Precision.HIGHEST)  # (B, K, D)
+    counts = jnp.sum(one_hot, axis=2)  # (B, K)
     present = counts > 0
     means = sums / jnp.maximum(counts, 1.0)[..., None]
     return l2_normalize(means, axis=-1), present
