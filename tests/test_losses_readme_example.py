@@ -1,5 +1,6 @@
 """Runs the README section "Using the losses as a library" verbatim (keep the two in sync)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,8 @@ def test_readme_example_runs_without_flax():
         assert int(bank.region_valid.sum()) == 5 * 16     # every class present: queues full
         """
     )
-    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+    # conftest's environment: CPU devices and the persistent compilation cache
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
