@@ -138,9 +138,12 @@ cmd_status() {
 cmd_logs() {
   local lines="${1:-100}"
   [[ -f "$LOG" ]] || die "no log at $LOG yet"
-  if is_running; then
+  local pid
+  # Read the pid once: the supervisor removes its pid file when it exits.
+  pid=$(cat "$SUPERVISOR_PID" 2>/dev/null || true)
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
     # --pid ends the tail once the supervisor has exited (after its last line).
-    tail -n "$lines" -F --pid="$(cat "$SUPERVISOR_PID")" "$LOG"
+    tail -n "$lines" -F --pid="$pid" "$LOG"
   else
     tail -n "$lines" "$LOG"
   fi
