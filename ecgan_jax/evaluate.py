@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     parser.add_argument("--segmenter_classes", type=int, default=19)
     parser.add_argument("--label_mapping", choices=LABEL_MAPPINGS, default="auto")
-    parser.add_argument("--out", default=None, help="output folder (default <workdir>/eval)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: <workdir>/eval for a training workdir)"
+    )
     parser.add_argument("--max_images", type=int, default=0, help="first N images (0: all)")
     parser.add_argument("--save_images", action="store_true", help="write I'' to <out>/images")
     args, rest = parser.parse_known_args(argv)
@@ -89,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error("give --workdir and/or --checkpoint")
     if args.fid_stats and args.save_real_stats:
         parser.error("--save_real_stats needs the real images: leave out --fid_stats")
-    out = args.out or os.path.join(args.workdir or args.checkpoint, "eval")
+    out = args.out
+    if out is None:
+        from ecgan_jax.inference import is_converted_checkpoint
+
+        if args.workdir is None or is_converted_checkpoint(args.workdir):
+            parser.error("--out is needed unless --workdir is a training workdir")
+        out = os.path.join(args.workdir, "eval")
 
     from ecgan_jax import inference
     from ecgan_jax.eval import fid as fid_lib

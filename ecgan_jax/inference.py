@@ -253,7 +253,8 @@ def make_generate_fn(generator, config, mesh: Mesh | None = None) -> Callable:
     """jit(eval-mode generator): (variables, label (B,H,W), instance (B,H,W)) -> (I′, I″, I′_e).
 
     The batch is sharded on the `data` axis of `mesh` (default: one device); B must be a
-    multiple of its size. Labels must already be checked (`transforms.map_and_check_labels`).
+    multiple of its size. Labels are mapped class ids (`transforms.map_and_check_labels`);
+    `generate_batches` checks their range on the host.
     """
     mesh = make_mesh(1) if mesh is None else mesh
     d = config.dataset
@@ -270,7 +271,8 @@ def make_generate_fn(generator, config, mesh: Mesh | None = None) -> Callable:
         return generator.apply(variables, seg, train=False)
 
     batch = NamedSharding(mesh, P(DATA_AXIS))
-    return GenerateFn(jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), batch, batch)), mesh)
+    jitted = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), batch, batch))
+    return GenerateFn(jitted, mesh, channels)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -279,6 +281,7 @@ class GenerateFn:
 
     fn: Callable
     mesh: Mesh
+    num_label_values: int
 
     def __call__(self, variables, label, instance):
         return self.fn(variables, label, instance)
@@ -340,6 +343,12 @@ def generate_batches(
 def _run(fn, variables, label, instance, batch_size):
     n = label.shape[0]
     label = _pad(np.asarray(label, np.int32), batch_size)
+    if label.size and (label.min() < 0 or label.max() >= fn.num_label_values):
+        bad = np.unique(label[(label < 0) | (label >= fn.num_label_values)])
+        raise ValueError(
+            f"label values {bad[:10].tolist()} outside [0, {fn.num_label_values - 1}] "
+            "(dataset.label_nc plus the dontcare class)"
+        )
     if instance is None:
         instance = np.zeros_like(label)
     else:

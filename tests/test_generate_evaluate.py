@@ -131,6 +131,7 @@ def write_weights(tmp_path):
     return incep, seg
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 2 images: rank-1 covariances
 def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
     config, workdir, state, generator = run
     incep, seg = write_weights(tmp_path)
@@ -233,6 +234,18 @@ def test_errors_name_the_file_and_the_fix(run, tmp_path):
         generate.main([*base, f"--workdir={empty}"])
     with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*steps there: \[0\]"):
         generate.main([*base, f"--workdir={workdir}", "--checkpoint=7"])
+
+    # Checkpoint references: a step directory, a checkpoints directory, a converted directory.
+    from ecgan_jax.convert import save_converted
+
+    step_dir = os.path.join(workdir, "checkpoints", "0")
+    for ref in (inference.resolve_checkpoint(checkpoint=step_dir),
+                inference.resolve_checkpoint(workdir, os.path.dirname(step_dir)),
+                inference.resolve_checkpoint(workdir)):  # fmt: skip
+        assert (ref.kind, ref.path, ref.step) == ("train_state", step_dir, 0)
+    save_converted(str(tmp_path / "conv"), {"params": {"w": np.zeros(2, np.float32)}})
+    ref = inference.resolve_checkpoint(checkpoint=str(tmp_path / "conv"))
+    assert ref.kind == "converted" and ref.step is None
 
     # Missing FID weights: the path and the converter command.
     with pytest.raises(
