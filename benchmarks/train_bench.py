@@ -1,0 +1,135 @@
+"""Times the full jitted train step (G step + D step, all losses) on random batches.
+
+    python benchmarks/train_bench.py --config=configs/cityscapes.py --batch=1
+    python benchmarks/train_bench.py --config=configs/cityscapes.py:smoke --batch=2
+    python benchmarks/train_bench.py --config=configs/cityscapes.py --batch=2 \
+        --set model.ngf=16 model.ndf=16 dataset.image_size=128,256
+    python benchmarks/train_bench.py --config=configs/cityscapes.py --dtype=bfloat16   # GPU
+
+Runs in a subprocess so peak RSS (ru_maxrss) belongs to this case. Reports compile time,
+median step time over --repeats steps, images/s, peak host RSS, XLA's FLOP count of the step
+and, on a GPU, device peak memory and model FLOPs utilisation (against --peak_tflops).
+Perceptual loss uses random VGG19 weights (same cost as real ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _set(config, assignment: str) -> None:
+    key, value = assignment.split("=", 1)
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+        node = node[p]
+    old = node[leaf]
+    if isinstance(old, tuple):
+        node[leaf] = tuple(type(old[0])(v) for v in value.split(","))
+    elif isinstance(old, bool):
+        node[leaf] = value.lower() in ("1", "true", "yes")
+    else:
+        node[leaf] = type(old)(value)
+
+
+def run(args) -> dict:
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from test_train import put, random_batch, setup_step
+
+    from ecgan_jax.config_lib import load_config, validate_config
+
+    config = load_config(args.config)
+    config.batch_size = args.batch
+    config.model.dtype = args.dtype
+    config.perceptual.random_weights = True
+    for a in args.set:
+        _set(config, a)
+    validate_config(config)
+    n_dev = min(jax.device_count(), args.batch)
+    mesh, state, step, vgg_params = setup_step(config, jax.devices()[:n_dev])
+    batch = put(random_batch(config, batch=args.batch), mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, vgg_params).compile()
+    compile_s = time.perf_counter() - t0
+    flops = None
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost.get("flops", 0.0)) or None
+    except Exception:  # noqa: BLE001 - optional per backend
+        pass
+    state, metrics = compiled(state, batch, vgg_params)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, vgg_params)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    out = {
+        "config": args.config,
+        "set": args.set,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "image_size": list(config.dataset.image_size),
+        "compile_s": round(compile_s, 1),
+        "step_s": round(med, 3),
+        "images_per_s": round(args.batch / med, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "xla_tflop_per_step": None if flops is None else round(flops / 1e12, 3),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+    }
+    if jax.default_backend() == "gpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        out["device_peak_gb"] = round(stats.get("peak_bytes_in_use", 0) / 1e9, 2)
+        if flops:
+            out["mfu"] = round(flops / med / (args.peak_tflops * 1e12), 3)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/cityscapes.py:smoke")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=989.0,
+        help="device peak for MFU (H100 SXM dense bf16: 989; fp32 via TF32 likewise)",
+    )
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a._child:
+        print(json.dumps(run(a)))
+        return
+    cmd = [sys.executable, __file__, "--_child", *sys.argv[1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        print(out.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(out.returncode)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(r))
+    print(
+        f"| {r['config']} {' '.join(r['set'])} | {r['image_size'][0]}x{r['image_size'][1]} | "
+        f"{r['batch']} | {r['dtype']} | {r['compile_s']} | {r['step_s']} | "
+        f"{r['images_per_s']} | {r['peak_rss_gb']} | {r['xla_tflop_per_step']} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
