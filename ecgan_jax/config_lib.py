@@ -113,8 +113,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_every = 500
     c.checkpoint_every = 2000
     c.keep_checkpoints = 3
-    c.eval_every = -1
-    c.fid_every = -1
     c.num_eval_images = 16
     c.compilation_cache_dir = ""
     return c
