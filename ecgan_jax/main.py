@@ -3,7 +3,9 @@
 Config overrides: `--config.batch_size=8 --config.dataset.root=/data/cityscapes`. A thin shim
 over `ecgan_jax.train.train_and_evaluate`. Multi-process runs (TPU pods, SLURM, or explicit
 ECGAN_COORDINATOR_ADDRESS / ECGAN_NUM_PROCESSES / ECGAN_PROCESS_ID) call
-`jax.distributed.initialize()` first; a single process on a laptop does not.
+`jax.distributed.initialize()` first; a single process on a laptop does not. A launch with one
+process per node that drives only some of the node's devices (SLURM) names them in
+ECGAN_LOCAL_DEVICE_IDS (comma list, e.g. `0,1,2,3`), passed on as `local_device_ids`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def _multiprocess_env() -> bool:
     return len([h for h in hosts.split(",") if h]) > 1
 
 
+def _local_device_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 0:
+        raise ValueError(
+            f"ECGAN_LOCAL_DEVICE_IDS={text!r}: expected a comma list of device ids >= 0, "
+            "e.g. '0,1,2,3'"
+        )
+    return ids
+
+
 def initialize_distributed(mode: str = "auto") -> None:
     """Calls jax.distributed.initialize() when running multi-process (guarded for laptops)."""
     import jax
@@ -47,6 +62,8 @@ def initialize_distributed(mode: str = "auto") -> None:
             num_processes=int(os.environ["ECGAN_NUM_PROCESSES"]),
             process_id=int(os.environ["ECGAN_PROCESS_ID"]),
         )
+    if os.environ.get("ECGAN_LOCAL_DEVICE_IDS"):
+        kwargs["local_device_ids"] = _local_device_ids(os.environ["ECGAN_LOCAL_DEVICE_IDS"])
     if os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)

@@ -101,6 +101,28 @@ def _check_finite(metrics: dict, step: int) -> None:
             )
 
 
+def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
+    """Compiles the train step, then waits until every process has compiled it too.
+
+    CPU collectives (gloo) give up when a peer has not joined within 30 s, and compile times
+    differ between processes (persistent-cache hits, load), so the first step must not start
+    on one process while another is still compiling. The barrier is the coordination
+    service's (a device barrier would itself be a collective); barrier names must be unique,
+    hence the counter. The later call reuses the executable compiled here.
+    """
+    from jax._src import distributed
+
+    step_fn.lower(state, batch, vgg_params).compile()
+    client = distributed.global_state.client
+    if client is not None:
+        _BARRIERS["count"] += 1
+        name = f"ecgan_train_step_compiled_{_BARRIERS['count']}"
+        client.wait_at_barrier(name, 30 * 60 * 1000)
+
+
+_BARRIERS = {"count": 0}
+
+
 def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
     """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
 
@@ -157,22 +179,28 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
         rep if vgg_params is not None else None,
     )
 
-    # A fixed eval batch for image grids and the colour-error figure.
+    # A fixed eval batch for image grids and the colour-error figure. The eval iterator yields
+    # this process's part only; every process gathers the whole (small) batch on the host and
+    # the generator runs on it replicated, so the batch size need not divide the device count
+    # and each process can read its result from a local shard (the params are global arrays
+    # spanning every process: a host-local input would not mix with them under jit).
     eval_batch = next(
         iter(data_lib.make_eval_iterator(config, batch_size=min(int(config.num_eval_images), 8)))
     )
+    eval_batch = {
+        k: np.asarray(v) for k, v in eval_batch.items() if np.asarray(v).dtype.kind not in "USO"
+    }
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        eval_batch = multihost_utils.process_allgather(eval_batch, tiled=True)
+    eval_inputs = jax.device_put((eval_batch["label"], eval_batch["instance"]), rep)
     generate = make_generate_fn(models, config)
 
     def evaluate_images(st, step):
         gen_params = st.ema_params if st.ema_params is not None else st.g_params["generator"]
-        first, final, edge = jax.device_get(
-            generate(
-                gen_params,
-                st.g_stats,
-                jnp.asarray(eval_batch["label"]),
-                jnp.asarray(eval_batch["instance"]),
-            )
-        )
+        outputs = generate(gen_params, st.g_stats, *eval_inputs)
+        first, final, edge = (np.asarray(x.addressable_data(0)) for x in outputs)
         err = class_colour_error(
             final,
             eval_batch["image"],
@@ -197,7 +225,13 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
         del signum, frame
         stop_requested["flag"] = True
 
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    # Multi-process: SIGTERM is left to JAX's preemption notifier (installed by
+    # jax.distributed.initialize), which tells every process and lets them agree on the step
+    # to stop at (`reached_preemption_sync_point`). A Python handler would replace it, and a
+    # flag set on the signalled host alone would make that host save and stop while the
+    # others wait for it in the next step's collectives.
+    multiprocess = jax.process_count() > 1
+    previous_handler = None if multiprocess else signal.signal(signal.SIGTERM, on_sigterm)
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     hooks = [report] if is_main else []
     all_finite = jax.jit(
@@ -227,12 +261,12 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
         """SIGTERM (or the max_steps test hook), agreed by every process."""
         if max_steps is not None and step - start >= max_steps:
             return True
-        if jax.process_count() > 1:
+        if multiprocess:
             from jax.experimental import multihost_utils
 
             # JAX's preemption sync manager (set up by jax.distributed.initialize) makes all
             # processes stop at the same step; a local flag could leave hosts in a collective.
-            return stop_requested["flag"] or multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step)
         return stop_requested["flag"]
 
     err0 = evaluate_images(state, start)
@@ -242,6 +276,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     try:
         while step < num_steps:
             batch = global_batch(next(train_iter), mesh)
+            if multiprocess and step == start:
+                _compile_in_step(step_fn, state, batch, vgg_params)
             with jax.transfer_guard("disallow"):
                 state, metrics = step_fn(state, batch, vgg_params)
             step += 1
@@ -276,5 +312,6 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     finally:
         ckpt.close()
         writer.flush()
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     return state
