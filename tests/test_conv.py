@@ -42,8 +42,9 @@ def test_weight_gradient_against_numpy():
     x = rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
     kernel = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
     s, p = 2, 2
-    y, vjp = jax.vjp(lambda kern: conv2d(x, kern, stride=s, padding=p, impl="blocked",
-                                          block_pixels=3), kernel)
+    y, vjp = jax.vjp(
+        lambda kern: conv2d(x, kern, stride=s, padding=p, impl="blocked", block_pixels=3), kernel
+    )
     dy = rng.normal(size=y.shape).astype(np.float32)
     (dw,) = vjp(jnp.asarray(dy))
     xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
