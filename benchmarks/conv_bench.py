@@ -47,7 +47,7 @@ def main() -> None:
         kern = jax.random.normal(jax.random.key(1), (k, k, ci, co)) * 0.01
         row = [
             bench(
-                lambda x, kern: conv2d(x, kern, stride=s, padding=pad, impl="xla"),
+                lambda x, kern, s=s, pad=pad: conv2d(x, kern, stride=s, padding=pad, impl="xla"),
                 x,
                 kern,
                 repeats=a.repeats,
@@ -55,7 +55,7 @@ def main() -> None:
         ]
         for impl in ("xla", "blocked"):
 
-            def loss(x, kern, impl=impl):
+            def loss(x, kern, impl=impl, s=s, pad=pad):
                 return jnp.sum(conv2d(x, kern, stride=s, padding=pad, impl=impl))
 
             row.append(bench(jax.grad(loss, argnums=(0, 1)), x, kern, repeats=a.repeats))
