@@ -141,24 +141,9 @@ def torch_discriminator_to_flax(state_dict, config):
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a `.pth` (torch, weights_only) or `.npz` (allow_pickle=False) state dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch (any CPU build: pip install torch); "
-            "or save the state dict as .npz"
-        ) from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}
+    from ecgan_jax.state_dict import read_state_dict as read
+
+    return read(path)
 
 
 def save_converted(out_dir: str, generator=None, discriminator=None) -> str:

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from ecgan_jax import config_lib, evaluate, generate, inference
+from ecgan_jax import state_dict as sd_lib
 from ecgan_jax.checkpointing import Checkpointer
 from ecgan_jax.eval import drn, fid, inception
-from ecgan_jax.eval import state_dict as sd_lib
 from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.quality import to_uint8
 from ecgan_jax.train_state import build_models, create_train_state, make_optimizers

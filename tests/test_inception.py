@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax.eval import inception, state_dict
+from ecgan_jax import state_dict
+from ecgan_jax.eval import inception
 
 # (name, cin, cout, (kh, kw), stride, (ph, pw)) of every BasicConv2d, per block type.
 

@@ -6,7 +6,7 @@ pixel accuracy through a segmenter interface (DRN-D-105 for Cityscapes).
 * `ecgan_jax.eval.segmentation`: confusion-matrix metrics, the `Segmenter` interface, the
   Cityscapes labelId -> trainId table.
 * `ecgan_jax.eval.drn`: DRN-D-105 (fyu/drn `DRNSeg`) in Flax and its weight converter.
-* `ecgan_jax.eval.state_dict`: reading `.pth`/`.npz` state dicts, key checking, `.npz` weights.
+* `ecgan_jax.state_dict`: reading `.pth`/`.npz` state dicts, key checking, `.npz` weights.
 
 Nothing here downloads: pretrained weights come from local `.npz` files made by the converters.
 """

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.eval import state_dict as sd_lib
+from ecgan_jax import state_dict as sd_lib
 from ecgan_jax.eval.segmentation import Segmenter
 
 FORMAT = "ecgan_jax/drn_d_105_seg/v1"

@@ -20,7 +20,7 @@ no antialiasing for downsampling, which `jax.image.resize` would apply.
 Converter: keys follow pytorch-fid's module names (`Conv2d_1a_3x3.conv.weight`,
 `Conv2d_1a_3x3.bn.{weight,bias,running_mean,running_var}`, `Mixed_5b.branch1x1.conv.weight`,
 ...); `fc.*` and `*.num_batches_tracked` are dropped. The `.npz` written holds the Flax
-variables (see `ecgan_jax.eval.state_dict`). `load_inception(path)` reads it back.
+variables (see `ecgan_jax.state_dict`). `load_inception(path)` reads it back.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.eval import state_dict as sd_lib
+from ecgan_jax import state_dict as sd_lib
 
 FORMAT = "ecgan_jax/inception_v3_fid/v1"
 FID_INPUT_SIZE = 299

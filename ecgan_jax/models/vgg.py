@@ -159,22 +159,9 @@ def torchvision_to_flat(state_dict: Mapping[str, np.ndarray], *, source: str = "
 
 def read_torchvision_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a torchvision vgg19 state dict from `.pth` (needs torch) or `.npz` (same keys)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG19 weights file not found: {path}")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs PyTorch (pip install torch, a CPU wheel is enough), or pass "
-            "an .npz holding the same features.N.weight/bias arrays"
-        ) from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    from ecgan_jax.state_dict import read_state_dict
+
+    return read_state_dict(path)
 
 
 def convert_vgg19(src: str, out: str) -> None:
