@@ -135,8 +135,15 @@ def test_sharded_equals_single_device():
         for i in range(3):
             state, metrics = step(state, put(random_batch(config, seed=i), mesh), vgg_params)
             losses.append(jax.device_get(metrics))
-        results.append((losses, jax.device_get(state)))
-    (l1, s1), (l4, s4) = results
+            if i == 0:
+                first = jax.device_get((state.g_stats, state.d_stats, state.bank))
+        results.append((losses, jax.device_get(state), first))
+    (l1, s1, f1), (l4, s4, f4) = results
+    # After step 1 the statistics come from identical parameters: BatchNorm running stats
+    # (global-batch reductions over the sharded batch), spectral u/v and the memory banks
+    # (sampled anchors span the global batch) agree to float32 rounding.
+    for a, b, name in zip(f1, f4, ("G statistics", "D statistics", "memory bank"), strict=True):
+        assert tree_max_abs_diff(a, b) < 1e-4, name
     # Step 1 from identical states: every loss and gradient norm agrees to float32 rounding.
     for k in l1[0]:
         np.testing.assert_allclose(l1[0][k], l4[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
@@ -151,8 +158,9 @@ def test_sharded_equals_single_device():
     lr = 2 * float(config.lr)  # the larger (D) learning rate
     assert tree_max_abs_diff(s1.g_params, s4.g_params) < 3 * 7 * lr
     assert tree_max_abs_diff(s1.d_params, s4.d_params) < 3 * 7 * lr
-    assert tree_max_abs_diff(s1.g_stats, s4.g_stats) < 1e-3
-    assert tree_max_abs_diff(s1.bank, s4.bank) < 1e-3
+    # Statistics and banks after step 3 follow those few-lr weight differences.
+    assert tree_max_abs_diff(s1.g_stats, s4.g_stats) < 5e-2
+    assert tree_max_abs_diff(s1.bank, s4.bank) < 1e-1
 
 
 def demo_config(**overrides):
@@ -257,12 +265,12 @@ def test_missing_vgg_weights_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_overfit_reduces_reconstruction_error():
-    """A tiny model on 2 synthetic scenes: L1(I″, real) drops by at least 2×."""
+    """A tiny model on 2 synthetic scenes: L1(I″, real) drops by at least 2× in 100 steps."""
     config = load_config("configs/synthetic.py:smoke")
     config.dataset.synthetic_num_images = 2
     config.contrastive.enabled = False
     config.lr = 1e-3
-    # 150 steps: run optimised code (conftest disables most XLA optimisations for compile speed).
+    # 100 steps: run optimised code (conftest disables most XLA optimisations for compile speed).
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         _overfit(config)
@@ -289,7 +297,8 @@ def _overfit(config):
 
     gb = put(batch, mesh)
     start = float(l1(state))
-    for _ in range(150):
+    for _ in range(100):
         state, _ = step(state, gb, vgg_params)
     end = float(l1(state))
+    print(f"L1(I'', real): {start:.4f} -> {end:.4f} after 100 steps")
     assert end < start / 2, (start, end)
