@@ -36,10 +36,10 @@ def main() -> None:
     import jax
     import numpy as np
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from test_train import put, random_batch, setup_step
-
     from ecgan_jax.config_lib import load_config
+    from ecgan_jax.data.pseudo import pseudo_batch
+    from ecgan_jax.sharding import global_batch, make_mesh
+    from ecgan_jax.train import build_trainer
 
     if max(counts) > jax.device_count():
         raise SystemExit(
@@ -49,8 +49,14 @@ def main() -> None:
     for n in counts:
         config = load_config(a.config)
         config.batch_size = n * a.per_device_batch
-        mesh, state, step, vgg_params = setup_step(config, jax.devices()[:n])
-        batch = put(random_batch(config), mesh)
+        trainer = build_trainer(config, make_mesh(jax.devices()[:n]), dataset_size=1000)
+        mesh, state, step, vgg_params = (
+            trainer.mesh,
+            trainer.init_state(),
+            trainer.step_fn,
+            trainer.vgg_params,
+        )
+        batch = global_batch(pseudo_batch(config), mesh)
         t0 = time.perf_counter()
         compiled = step.lower(state, batch, vgg_params).compile()
         compile_s = time.perf_counter() - t0

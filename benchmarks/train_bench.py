@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -42,10 +41,10 @@ def run(args) -> dict:
     import jax
     import numpy as np
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from test_train import put, random_batch, setup_step
-
     from ecgan_jax.config_lib import load_config, validate_config
+    from ecgan_jax.data.pseudo import pseudo_batch
+    from ecgan_jax.sharding import global_batch, make_mesh
+    from ecgan_jax.train import build_trainer
 
     config = load_config(args.config)
     config.batch_size = args.batch
@@ -55,8 +54,14 @@ def run(args) -> dict:
         _set(config, a)
     validate_config(config)
     n_dev = min(jax.device_count(), args.batch)
-    mesh, state, step, vgg_params = setup_step(config, jax.devices()[:n_dev])
-    batch = put(random_batch(config, batch=args.batch), mesh)
+    trainer = build_trainer(config, make_mesh(jax.devices()[:n_dev]), dataset_size=1000)
+    mesh, state, step, vgg_params = (
+        trainer.mesh,
+        trainer.init_state(),
+        trainer.step_fn,
+        trainer.vgg_params,
+    )
+    batch = global_batch(pseudo_batch(config, batch=args.batch), mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, vgg_params).compile()
     compile_s = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from ecgan_jax.train_state import (
     create_train_state,
     make_optimizers,
     parameter_overview,
+    state_shardings,
     total_steps,
 )
 
@@ -79,6 +81,49 @@ def perceptual_network(config):
             "(tests/demos only)"
         )
     return module, params
+
+
+class Trainer(NamedTuple):
+    """What a training run compiles and feeds, built once from the config (`build_trainer`)."""
+
+    config: Any
+    models: Any
+    mesh: Any
+    tx_g: Any
+    tx_d: Any
+    schedules: tuple
+    vgg_params: Any  # replicated VGG19 variables, or None without the perceptual loss
+    abstract_state: Any  # TrainState of ShapeDtypeStructs
+    step_fn: Any  # jitted (state, global batch, vgg_params) -> (state, metrics)
+
+    def init_state(self, seed=None):
+        """A fresh TrainState, created replicated on the mesh."""
+        return create_train_state(
+            self.config, self.models, self.tx_g, self.tx_d, mesh=self.mesh, seed=seed
+        )
+
+
+def build_trainer(config, mesh, dataset_size: int) -> Trainer:
+    """Models, optimizers, perceptual network and the jitted, donated train step on `mesh`.
+
+    `dataset_size` only sets the learning-rate schedule. Shared by `train_and_evaluate`, the
+    tests and the benchmarks.
+    """
+    check_batch_size(int(config.batch_size), mesh)
+    models = build_models(config)
+    tx_g, tx_d, schedules = make_optimizers(config, dataset_size)
+    vgg, vgg_params = perceptual_network(config)
+    rep = replicated(mesh)
+    if vgg_params is not None:
+        vgg_params = jax.device_put(vgg_params, rep)
+    abstract = jax.eval_shape(lambda: create_train_state(config, models, tx_g, tx_d, mesh=None))
+    step_fn = jit_train_step(
+        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg),
+        mesh,
+        state_shardings(abstract, mesh),
+        rep if vgg_params is not None else None,
+    )
+    return Trainer(config, models, mesh, tx_g, tx_d, schedules, vgg_params, abstract, step_fn)
 
 
 def make_generate_fn(models, config):
@@ -137,47 +182,36 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
 
     config_lib.validate_config(config)
     setup_compilation_cache(config)
-    os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+    if "://" not in workdir:
+        os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
     num_devices = int(config.get("num_devices", -1))
     mesh = make_mesh(jax.devices()[:num_devices] if num_devices > 0 else None)
-    check_batch_size(int(config.batch_size), mesh)
-    models = build_models(config)
     train_iter = data_lib.make_train_iterator(config)
     dataset_size = int(train_iter.num_examples)
     num_steps = total_steps(config, dataset_size)
-    tx_g, tx_d, schedules = make_optimizers(config, dataset_size)
-    vgg, vgg_params = perceptual_network(config)
-    rep = replicated(mesh)
-    if vgg_params is not None:
-        vgg_params = jax.device_put(vgg_params, rep)
+    trainer = build_trainer(config, mesh, dataset_size)
+    models, vgg_params, rep = trainer.models, trainer.vgg_params, replicated(mesh)
+    step_fn = trainer.step_fn
 
     ckpt = Checkpointer(
         workdir, every=int(config.checkpoint_every), keep=int(config.keep_checkpoints)
     )
-    abstract = jax.eval_shape(lambda: create_train_state(config, models, tx_g, tx_d, mesh=None))
-    shardings = jax.tree_util.tree_map(lambda _: rep, abstract)
     if ckpt.latest_step() is not None:
         start = ckpt.latest_step()
-        state, data_state = ckpt.restore(abstract_with_shardings(abstract, rep))
+        state, data_state = ckpt.restore(abstract_with_shardings(trainer.abstract_state, rep))
         train_iter.set_state(data_state)
         logging.info("resumed from %s at step %d", ckpt.directory, start)
     else:
-        state = create_train_state(config, models, tx_g, tx_d, mesh=mesh)
+        state = trainer.init_state()
         start = 0
     logging.info("parameter overview:\n%s", parameter_overview(state))
-    writer.write_hparams(
-        {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
-    ) if start == 0 else None
-
-    step_fn = jit_train_step(
-        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg),
-        mesh,
-        shardings,
-        rep if vgg_params is not None else None,
-    )
+    if start == 0:
+        writer.write_hparams(
+            {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
+        )
 
     # A fixed eval batch for image grids and the colour-error figure. The eval iterator yields
     # this process's part only; every process gathers the whole (small) batch on the host and

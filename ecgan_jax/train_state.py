@@ -166,14 +166,12 @@ def create_train_state(config, models: Models, tx_g, tx_d, mesh=None, seed=None)
 
     if mesh is None:
         return jax.jit(init)()
-    from ecgan_jax.sharding import replicated
 
-    abstract = jax.eval_shape(init)
-    shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
-    return jax.jit(init, out_shardings=shardings)()
+    return jax.jit(init, out_shardings=state_shardings(jax.eval_shape(init), mesh))()
 
 
 def state_shardings(state_or_abstract, mesh):
+    """The state's shardings: every leaf replicated over the mesh (data parallelism)."""
     from ecgan_jax.sharding import replicated
 
     return jax.tree_util.tree_map(lambda _: replicated(mesh), state_or_abstract)

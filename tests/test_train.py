@@ -12,53 +12,18 @@ import numpy as np
 import pytest
 
 from ecgan_jax.config_lib import load_config
-from ecgan_jax.sharding import batch_sharding, make_mesh, replicated
-from ecgan_jax.steps import jit_train_step, make_train_step
-from ecgan_jax.train import NonFiniteLossError, perceptual_network, train_and_evaluate
-from ecgan_jax.train_state import build_models, create_train_state, make_optimizers
+from ecgan_jax.data.pseudo import pseudo_batch
+from ecgan_jax.sharding import global_batch, make_mesh
+from ecgan_jax.train import NonFiniteLossError, build_trainer, train_and_evaluate
+from ecgan_jax.train_state import build_models
 
 CONFIGS = ("cityscapes", "ade20k", "coco_stuff", "synthetic")
 
 
-def random_batch(config, seed=0, batch=None):
-    """A pseudo batch: blocky labels (several classes per image), instances, images, edges."""
-    rng = np.random.default_rng(seed)
-    b = batch or int(config.batch_size)
-    h, w = config.dataset.image_size
-    n_lab = int(config.dataset.label_nc) + int(config.dataset.contain_dontcare_label)
-    coarse = rng.integers(0, n_lab, (b, h // 8, w // 8))
-    label = np.repeat(np.repeat(coarse, 8, 1), 8, 2).astype(np.int32)
-    inst = np.repeat(np.repeat(rng.integers(0, 4, (b, h // 16, w // 16)), 16, 1), 16, 2)
-    return {
-        "label": label,
-        "instance": inst.astype(np.int32),
-        "image": rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32),
-        "edge": np.where(rng.random((b, h, w, 1)) < 0.1, 1.0, -1.0)
-        .repeat(3, -1)
-        .astype(np.float32),
-    }
-
-
 def setup_step(config, devices):
-    mesh = make_mesh(devices)
-    models = build_models(config)
-    tx_g, tx_d, schedules = make_optimizers(config, dataset_size=100)
-    vgg, vgg_params = perceptual_network(config)
-    state = create_train_state(config, models, tx_g, tx_d, mesh=mesh)
-    shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), state)
-    step = jit_train_step(
-        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg),
-        mesh,
-        shardings,
-        replicated(mesh) if vgg_params is not None else None,
-    )
-    if vgg_params is not None:
-        vgg_params = jax.device_put(vgg_params, replicated(mesh))
-    return mesh, state, step, vgg_params
-
-
-def put(batch, mesh):
-    return {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch.items()}
+    """(mesh, fresh state, jitted step, vgg params) through the trainer the loop uses."""
+    trainer = build_trainer(config, make_mesh(devices), dataset_size=100)
+    return trainer.mesh, trainer.init_state(), trainer.step_fn, trainer.vgg_params
 
 
 def tree_max_abs_diff(a, b):
@@ -78,7 +43,7 @@ def test_one_step_every_parameter_group_changes(name):
     mesh, state, step, vgg_params = setup_step(config, jax.devices()[:2])
     before = jax.device_get(state)
     with jax.transfer_guard("disallow"):
-        state, metrics = step(state, put(random_batch(config), mesh), vgg_params)
+        state, metrics = step(state, global_batch(pseudo_batch(config), mesh), vgg_params)
     after = jax.device_get(state)
     metrics = jax.device_get(metrics)
     for key in (
@@ -133,7 +98,9 @@ def test_sharded_equals_single_device():
         mesh, state, step, vgg_params = setup_step(config, devices)
         losses = []
         for i in range(3):
-            state, metrics = step(state, put(random_batch(config, seed=i), mesh), vgg_params)
+            state, metrics = step(
+                state, global_batch(pseudo_batch(config, seed=i), mesh), vgg_params
+            )
             losses.append(jax.device_get(metrics))
             if i == 0:
                 first = jax.device_get((state.g_stats, state.d_stats, state.bank))
@@ -295,7 +262,7 @@ def _overfit(config):
         )
         return jnp.mean(jnp.abs(final - batch["image"]))
 
-    gb = put(batch, mesh)
+    gb = global_batch(batch, mesh)
     start = float(l1(state))
     for _ in range(100):
         state, _ = step(state, gb, vgg_params)

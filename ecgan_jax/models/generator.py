@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ecgan_jax.models.layers import conv, nearest_resize, upsample2x
@@ -114,7 +113,3 @@ class Generator(nn.Module):
         if return_features:
             return (*outs, features)
         return outs
-
-
-def count_params(params) -> int:
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

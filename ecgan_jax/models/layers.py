@@ -82,9 +82,15 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        return self._conv_bias(x, self._kernel(x))
+
+    def _kernel(self, x):
         k = self.kernel_size
-        kernel = self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features), jnp.float32)
-        p = k // 2 if self.padding is None else self.padding
+        return self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features), jnp.float32)
+
+    def _conv_bias(self, x, kernel):
+        """conv2d with PyTorch padding (default k // 2), then the optional bias, in `dtype`."""
+        p = self.kernel_size // 2 if self.padding is None else self.padding
         y = conv2d(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
@@ -138,27 +144,20 @@ def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
     return sigma, u, v
 
 
-class SpectralConv(nn.Module):
+class SpectralConv(Conv2d):
     """nn.Conv2d wrapped in torch.nn.utils.spectral_norm (ECGAN_SPEC.md §D.2, §8.10).
 
-    Parameters: `kernel` (HWIO, the raw `weight_orig`), optional `bias`. Collection `spectral`:
+    Attributes as `Conv2d`. Parameters: `kernel` (HWIO, the raw `weight_orig`), optional
+    `bias`. Collection `spectral`:
     `u` [O] and `v` [I·kh·kw]. `update_stats=True` (training) runs one power iteration and
     stores u, v (the collection must be mutable); False (eval) uses the stored vectors.
     """
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    padding: int | None = None
-    use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    impl: str | None = None
 
     @nn.compact
     def __call__(self, x, update_stats: bool):
         k = self.kernel_size
         cin = x.shape[-1]
-        kernel = self.param("kernel", xavier_002, (k, k, cin, self.features), jnp.float32)
+        kernel = self._kernel(x)
         u_var = self.variable(
             "spectral", "u", lambda: _unit_normal(self.make_rng("params"), (self.features,))
         )
@@ -168,13 +167,7 @@ class SpectralConv(nn.Module):
         sigma, u, v = spectral_sigma(kernel, u_var.value, v_var.value, update_stats)
         if update_stats and not self.is_initializing():
             u_var.value, v_var.value = u, v
-        w = (kernel / sigma).astype(self.dtype)
-        p = k // 2 if self.padding is None else self.padding
-        y = conv2d(x.astype(self.dtype), w, stride=self.stride, padding=p, impl=self.impl)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
+        return self._conv_bias(x, kernel / sigma)
 
 
 class SyncBatchNorm(nn.Module):
