@@ -115,6 +115,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.num_eval_images = 16
     c.compilation_cache_dir = ""
+
+    # --- periodic FID during training (ecgan_jax.train_fid) ---
+    c.fid_every = 0  # steps between FIDs of the (EMA) generator on the eval split; 0: off
+    c.fid_weights = ""  # InceptionV3 .npz (python -m ecgan_jax.eval.inception); needed if on
+    c.fid_num_images = 0  # first N images of the eval split (0: all of it; else >= 2)
+    c.fid_stats = ""  # real statistics .npz; "": computed once, cached in the workdir
+    c.keep_best_fid = True  # keep the checkpoint of the lowest FID in <workdir>/best
     return c
 
 
@@ -176,7 +183,32 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             )
     if not 0.0 <= float(config.ema_decay) < 1.0:
         _fail("ema_decay", config.ema_decay, "a float in [0, 1)")
+    _validate_fid(config)
     return config
+
+
+def _validate_fid(config: ml_collections.ConfigDict) -> None:
+    """The periodic-FID fields (files are checked when training starts: `train_fid`)."""
+    every = config.get("fid_every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        _fail("fid_every", every, "an integer >= 0 (0: no FID during training)")
+    n = config.get("fid_num_images", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n == 1:
+        _fail("fid_num_images", n, "0 (the whole eval split) or an integer >= 2")
+    keep = config.get("keep_best_fid", True)
+    if not isinstance(keep, bool):
+        _fail("keep_best_fid", keep, "True, False")
+    if every > 0 and not config.get("fid_weights", ""):
+        from ecgan_jax.eval.inception import CONVERT_COMMAND
+
+        _fail(
+            "fid_weights",
+            config.get("fid_weights", ""),
+            f"the path of pytorch-fid's InceptionV3 weights converted to .npz, needed when "
+            f"fid_every > 0 (fid_every = {every}). Nothing is downloaded at run time; make it "
+            f"with\n  {CONVERT_COMMAND}\nand pass --config.fid_weights=FILE.npz, or set "
+            "--config.fid_every=0",
+        )
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
