@@ -29,11 +29,20 @@ def _decode_data_state(data_state):
 
 
 class Checkpointer:
-    """Interval / keep-N checkpoints of {state, data} in `<workdir>/checkpoints`."""
+    """Interval / keep-N checkpoints of {state, data} in `<workdir>/<subdir>` (`checkpoints`;
+    the periodic FID keeps its best one in `best`, same layout)."""
 
-    def __init__(self, workdir: str, *, every: int, keep: int, async_save: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every: int,
+        keep: int,
+        async_save: bool = True,
+        subdir: str = "checkpoints",
+    ):
         directory = workdir if "://" in workdir else os.path.abspath(workdir)
-        self.directory = os.path.join(directory, "checkpoints")
+        self.directory = os.path.join(directory, subdir)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(int(every), 1),
             max_to_keep=int(keep) if int(keep) > 0 else None,
@@ -71,6 +80,9 @@ class Checkpointer:
             ),
         )
         return restored["state"], _decode_data_state(restored["data"])
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(int(step))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -399,6 +399,7 @@ def evaluate_generator(
     batch_size: int = 8,
     mesh: Mesh | None = None,
     image_callback: Callable | None = None,
+    generate_fn: GenerateFn | None = None,
 ) -> dict:
     """Generates the eval split (`config.dataset.eval_split`) and scores I″ in one pass.
 
@@ -411,11 +412,15 @@ def evaluate_generator(
     the generated resolution (the eval pipeline resizes labels by nearest). Padding rows of the
     eval iterator (`valid` False) are dropped; at most `max_images` (None or <= 0: all).
     `image_callback(stems, final_uint8)` sees every kept batch (e.g. to write PNGs).
+    `generate_fn`: a `make_generate_fn(generator, config, mesh)` made once, for repeated calls
+    (periodic FID during training: no re-trace of the generator); it replaces `mesh`.
 
     The whole split is read by this process (run it single-process).
     """
     from ecgan_jax import data as data_lib
 
+    if generate_fn is not None:
+        mesh = generate_fn.mesh
     mesh = make_mesh(1) if mesh is None else mesh
     n_dev = mesh.devices.size
     if batch_size <= 0 or batch_size % n_dev:
@@ -435,7 +440,7 @@ def evaluate_generator(
 
         seg_eval = SegmentationEvaluator(segmenter, ignore_label=255, mesh=mesh)
 
-    fn = make_generate_fn(generator, config, mesh)
+    fn = generate_fn or make_generate_fn(generator, config, mesh)
     variables = jax.device_put(variables, NamedSharding(mesh, P()))
     it = data_lib.make_eval_iterator(
         config, batch_size=batch_size, process_index=0, process_count=1
