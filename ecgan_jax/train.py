@@ -7,7 +7,9 @@ only every `log_every` steps; clu writers (TensorBoard) from process 0; image gr
 generator on a fixed eval batch every `image_every` steps (also written as PNG); a per-class
 colour error of I″ against the real image logged at the start and the end; orbax checkpoints on
 an interval, on SIGTERM (preemption) and at the end. A non-finite loss stops the run naming the
-term, without writing a checkpoint of the broken state.
+term, without writing a checkpoint of the broken state. With `fid_every > 0`, the FID of the
+EMA generator on the eval split every `fid_every` steps and at the end (scalar `fid`), keeping
+the best checkpoint in `<workdir>/best` (`ecgan_jax.train_fid`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.quality import class_colour_error, image_grid
 from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
 from ecgan_jax.steps import jit_train_step, make_train_step
+from ecgan_jax.train_fid import FidTracker, check_fid_config, fid_enabled
 from ecgan_jax.train_state import (
     build_models,
     create_train_state,
@@ -181,6 +184,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     from ecgan_jax import data as data_lib
 
     config_lib.validate_config(config)
+    check_fid_config(config)  # missing FID files, several processes: refused before any compute
     setup_compilation_cache(config)
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
@@ -230,6 +234,11 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
         eval_batch = multihost_utils.process_allgather(eval_batch, tiled=True)
     eval_inputs = jax.device_put((eval_batch["label"], eval_batch["instance"]), rep)
     generate = make_generate_fn(models, config)
+    fid_tracker = (
+        FidTracker(config, workdir, models.generator, mesh, is_main=is_main)
+        if fid_enabled(config)
+        else None
+    )
 
     def evaluate_images(st, step):
         gen_params = st.ema_params if st.ema_params is not None else st.g_params["generator"]
@@ -331,6 +340,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
             stop = should_stop(step)
             if step % int(config.checkpoint_every) == 0 or stop:
                 save(step, metrics, force=stop)
+            if fid_tracker is not None and fid_tracker.due(step, num_steps):
+                fid_tracker(state, step, writer, data_state=train_iter.get_state())
             if stop:
                 logging.warning("stop requested (SIGTERM or max_steps): saved step %d", step)
                 break
@@ -345,6 +356,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
             )
     finally:
         ckpt.close()
+        if fid_tracker is not None:
+            fid_tracker.close()
         writer.flush()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
