@@ -1,11 +1,13 @@
 """VGG19 feature extractor and the torchvision converter (ECGAN_SPEC.md §4.1, §D.2)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ecgan_jax.models import vgg
+from ecgan_jax.models.vgg import max_pool_2x2
 
 # torchvision vgg19().features layout: 3×3 convs at these indices, with (out, in) channels
 TORCH_CONVS = {
@@ -182,3 +184,19 @@ def test_bad_files_name_the_file_and_keys(tmp_path, converted):
     np.savez(tmp_path / "short.npz", **flat)
     with pytest.raises(ValueError, match=r"short.npz.*conv0.bias: \(3,\)"):
         vgg.load_vgg19_params(str(tmp_path / "short.npz"))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_forward_and_gradient(shape):
+    # Random floats have no ties, so even the backward must be identical; odd sizes are cropped.
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+
+    def ref(x):
+        return (nn.max_pool(x, (2, 2), strides=(2, 2)) * w).sum()
+
+    def ours(x):
+        return (max_pool_2x2(x) * w).sum()
+
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))

@@ -78,7 +78,7 @@ class VGG19Features(nn.Module):
         outputs = []
         for index, _, out_ch in VGG19_CONVS:
             if index in _POOL_BEFORE:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
             x = nn.Conv(
                 out_ch,
                 (3, 3),
@@ -92,6 +92,20 @@ class VGG19Features(nn.Module):
             if index in _OUTPUT_AFTER:
                 outputs.append(x)
         return outputs
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2×2 max-pool, stride 2, odd edges dropped (PyTorch's floor rule), as a reshape + max.
+
+    Same forward values as `nn.max_pool`. The backward differs only where a window holds
+    several equal maxima (the gradient is split between them instead of going to one); after a
+    ReLU such ties are zeros whose gradient the ReLU discards. The point is speed and memory:
+    XLA:CPU lowers `reduce_window`'s backward to a select-and-scatter that materialises int32
+    index arrays of the input's size (several hundred MB per VGG step at 256×512).
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def vgg19_param_shapes() -> dict[str, tuple[int, ...]]:
