@@ -60,3 +60,23 @@ def test_bad_impl_and_default():
     with pytest.raises(ValueError, match="allowed: xla, blocked"):
         conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="fast")
     assert default_impl() == ("blocked" if jax.default_backend() == "cpu" else "xla")
+
+
+def test_wide_layers_use_smaller_blocks_with_the_same_gradient(monkeypatch):
+    # BLOCK_ELEMENTS caps kh·kw·Cin × pixels per block; a tiny cap forces one row per block
+    # here (9·6 = 54 window rows × 11 pixels > 64), which must not change the result.
+    from ecgan_jax.models import conv as conv_mod
+
+    x = jax.random.normal(jax.random.key(0), (1, 9, 11, 6))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
+
+    def dw():
+        return jax.grad(
+            lambda k: jnp.sum(jnp.sin(conv2d(x, k, padding=1, impl="blocked", block_pixels=8192)))
+        )(kernel)
+
+    full = dw()
+    monkeypatch.setattr(conv_mod, "BLOCK_ELEMENTS", 64)
+    np.testing.assert_allclose(dw(), full, rtol=1e-5, atol=1e-5)
+    ref = jax.grad(lambda k: jnp.sum(jnp.sin(conv2d(x, k, padding=1, impl="xla"))))(kernel)
+    np.testing.assert_allclose(dw(), ref, rtol=1e-4, atol=1e-4)
