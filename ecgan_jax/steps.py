@@ -178,6 +178,11 @@ def make_train_step(config, models: Models, tx_g, tx_d, schedules=None, vgg=None
         if regenerate:
             fakes, _, g_stats = g_apply(g_params, g_stats, seg)
         fakes = [jax.lax.stop_gradient(f) for f in fakes]
+        # With reused fakes the D step does not depend on the G backward pass, and XLA may
+        # interleave the two, holding both passes' activations at once. The barrier makes the
+        # D step start after the G gradients exist, so peak memory is the larger pass, not the
+        # sum (about 1 GB less at the full Cityscapes config on CPU; no change in values).
+        fakes, g_params = jax.lax.optimization_barrier((fakes, g_params))
         d_inputs = stack_b_major([*fakes, real, real_edge])
 
         def d_loss_fn(d_params):
