@@ -44,7 +44,7 @@ def run(args) -> dict:
     from ecgan_jax.config_lib import load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
-    from ecgan_jax.train import build_trainer
+    from ecgan_jax.train import build_trainer, release_host_memory
 
     config = load_config(args.config)
     config.batch_size = args.batch
@@ -65,6 +65,13 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, vgg_params).compile()
     compile_s = time.perf_counter() - t0
+    rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    release_host_memory()  # as the training loop does after compiling
+    temp_gb = None
+    try:
+        temp_gb = compiled.memory_analysis().temp_size_in_bytes / 1e9
+    except Exception:  # noqa: BLE001 - memory analysis is optional per backend
+        pass
     flops = None
     try:
         cost = compiled.cost_analysis()
@@ -72,6 +79,14 @@ def run(args) -> dict:
         flops = float(cost.get("flops", 0.0)) or None
     except Exception:  # noqa: BLE001 - optional per backend
         pass
+    if args.compile_only:
+        return {
+            "config": args.config,
+            "compile_s": round(compile_s, 1),
+            "peak_rss_after_compile_gb": round(rss_after_compile, 2),
+            "xla_temp_gb": None if temp_gb is None else round(temp_gb, 2),
+            "xla_tflop_per_step": None if flops is None else round(flops / 1e12, 3),
+        }
     state, metrics = compiled(state, batch, vgg_params)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -91,6 +106,8 @@ def run(args) -> dict:
         "step_s": round(med, 3),
         "images_per_s": round(args.batch / med, 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "peak_rss_after_compile_gb": round(rss_after_compile, 2),
+        "xla_temp_gb": None if temp_gb is None else round(temp_gb, 2),
         "xla_tflop_per_step": None if flops is None else round(flops / 1e12, 3),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
@@ -117,6 +134,7 @@ def main() -> None:
         default=989.0,
         help="device peak for MFU (H100 SXM dense bf16: 989; fp32 via TF32 likewise)",
     )
+    p.add_argument("--compile_only", action="store_true", help="report compile figures only")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._child:
@@ -129,6 +147,8 @@ def main() -> None:
         raise SystemExit(out.returncode)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(r))
+    if a.compile_only:
+        return
     print(
         f"| {r['config']} {' '.join(r['set'])} | {r['image_size'][0]}x{r['image_size'][1]} | "
         f"{r['batch']} | {r['dtype']} | {r['compile_s']} | {r['step_s']} | "
