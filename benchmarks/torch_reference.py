@@ -431,30 +431,15 @@ class TorchTrainer:
 # CLI
 
 
-def _set(config, assignment: str) -> None:
-    key, value = assignment.split("=", 1)
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-        node = node[p]
-    old = node[leaf]
-    if isinstance(old, tuple):
-        node[leaf] = tuple(type(old[0])(v) for v in value.split(","))
-    elif isinstance(old, bool):
-        node[leaf] = value.lower() in ("1", "true", "yes")
-    else:
-        node[leaf] = type(old)(value)
-
-
 def run(args) -> dict:
-    from ecgan_jax.config_lib import load_config, semantic_nc, validate_config
+    from ecgan_jax.config_lib import apply_override, load_config, semantic_nc, validate_config
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.config)
     config.batch_size = args.batch
     for a in args.set:
-        _set(config, a)
+        apply_override(config, a)
     validate_config(config)
     batch = random_batch(config, args.batch)
 

@@ -22,26 +22,11 @@ import sys
 import time
 
 
-def _set(config, assignment: str) -> None:
-    key, value = assignment.split("=", 1)
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-        node = node[p]
-    old = node[leaf]
-    if isinstance(old, tuple):
-        node[leaf] = tuple(type(old[0])(v) for v in value.split(","))
-    elif isinstance(old, bool):
-        node[leaf] = value.lower() in ("1", "true", "yes")
-    else:
-        node[leaf] = type(old)(value)
-
-
 def run(args) -> dict:
     import jax
     import numpy as np
 
-    from ecgan_jax.config_lib import load_config, validate_config
+    from ecgan_jax.config_lib import apply_override, load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
     from ecgan_jax.train import build_trainer, release_host_memory
@@ -51,7 +36,7 @@ def run(args) -> dict:
     config.model.dtype = args.dtype
     config.perceptual.random_weights = True
     for a in args.set:
-        _set(config, a)
+        apply_override(config, a)
     validate_config(config)
     n_dev = min(jax.device_count(), args.batch)
     trainer = build_trainer(config, make_mesh(jax.devices()[:n_dev]), dataset_size=1000)

@@ -223,3 +223,36 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     config = module.get_config(arg or None)
     return validate_config(config)
+
+
+def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
+    """Sets one field from a "dotted.key=value" string (the benchmarks' `--set`).
+
+    The value is parsed as the field's current type: tuples from comma-separated items
+    ("dataset.image_size=128,256"), booleans from 1/true/yes or 0/false/no. An unknown key or
+    an unparsable value is an error naming the key.
+    """
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r}: expected key=value")
+    key, value = assignment.split("=", 1)
+    *path, leaf = key.split(".")
+    node = config
+    try:
+        for p in path:
+            node = node[p]
+        old = node[leaf]
+    except (KeyError, AttributeError, TypeError):
+        raise KeyError(f"override {assignment!r}: no config field {key!r}") from None
+    try:
+        if isinstance(old, tuple):
+            node[leaf] = tuple(type(old[0])(v) for v in value.split(","))
+        elif isinstance(old, bool):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(value)
+            node[leaf] = value.lower() in ("1", "true", "yes")
+        else:
+            node[leaf] = type(old)(value)
+    except ValueError:
+        raise ValueError(
+            f"override {assignment!r}: {value!r} is not a valid {type(old).__name__} for {key!r}"
+        ) from None
