@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -119,6 +120,11 @@ def main() -> None:
         default=989.0,
         help="device peak for MFU (H100 SXM dense bf16: 989; fp32 via TF32 likewise)",
     )
+    p.add_argument(
+        "--xla_default_scheduler",
+        action="store_true",
+        help="keep XLA:CPU's concurrency-optimised scheduler (the training CLI turns it off)",
+    )
     p.add_argument("--compile_only", action="store_true", help="report compile figures only")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -126,7 +132,12 @@ def main() -> None:
         print(json.dumps(run(a)))
         return
     cmd = [sys.executable, __file__, "--_child", *sys.argv[1:]]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if not a.xla_default_scheduler:
+        from ecgan_jax.main import set_cpu_scheduler_flag
+
+        set_cpu_scheduler_flag(env)  # as `python -m ecgan_jax.main` does
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         print(out.stderr[-4000:], file=sys.stderr)
         raise SystemExit(out.returncode)

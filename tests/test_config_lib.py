@@ -1,4 +1,4 @@
-"""Config overrides from strings (config_lib.apply_override, the benchmarks' --set)."""
+"""Config overrides from strings (config_lib.apply_override) and the CLI's XLA flag."""
 
 import pytest
 
@@ -28,3 +28,18 @@ def test_override_parses_the_field_type():
 def test_bad_override_names_the_key(assignment, error, match):
     with pytest.raises(error, match=match):
         apply_override(load_config("configs/cityscapes.py"), assignment)
+
+
+def test_training_cli_sets_the_cpu_memory_scheduler_flag_once():
+    from ecgan_jax.main import CPU_SCHEDULER_FLAG, set_cpu_scheduler_flag
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    set_cpu_scheduler_flag(env)
+    set_cpu_scheduler_flag(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {CPU_SCHEDULER_FLAG}"
+    explicit = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+    set_cpu_scheduler_flag(explicit)
+    assert explicit["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    empty = {}
+    set_cpu_scheduler_flag(empty)
+    assert empty["XLA_FLAGS"] == CPU_SCHEDULER_FLAG
