@@ -124,21 +124,31 @@ def convert_state_dict(
     for (collection, *path), leaf in _flatten(abstract_variables).items():
         key, kind = torch_key(collection, tuple(path))
         expected[key] = ((collection, *path), kind, torch_shape(kind, leaf.shape))
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected and not dropped.search(k))
-    wrong = sorted(
-        f"{k}: got {tuple(np.shape(state_dict[k]))}, expected {expected[k][2]}"
-        for k in expected
-        if k in state_dict and tuple(np.shape(state_dict[k])) != expected[k][2]
+    _check_layout(
+        f"{source}: the state dict does not match the network",
+        expected={k: v[2] for k, v in expected.items()},
+        got={k: tuple(np.shape(v)) for k, v in state_dict.items() if not dropped.search(k)},
+        noun=" keys",
     )
-    if missing or unexpected or wrong:
-        lines = [f"{source}: the state dict does not match the network"]
-        lines += _listing("missing keys", missing)
-        lines += _listing("unexpected keys", unexpected)
-        lines += _listing("wrong shapes", wrong)
-        raise ValueError("\n".join(lines))
     flat = {path: to_flax(kind, state_dict[k]) for k, (path, kind, _) in expected.items()}
     return _unflatten(flat)
+
+
+def _check_layout(header: str, *, expected: dict, got: dict, noun: str) -> None:
+    """Raises one ValueError listing missing, unexpected and mis-shaped keys (name -> shape)."""
+    missing = sorted(k for k in expected if k not in got)
+    unexpected = sorted(k for k in got if k not in expected)
+    wrong = sorted(
+        f"{k}: got {got[k]}, expected {expected[k]}"
+        for k in expected
+        if k in got and tuple(got[k]) != tuple(expected[k])
+    )
+    if missing or unexpected or wrong:
+        lines = [header]
+        lines += _listing(f"missing{noun}", missing)
+        lines += _listing(f"unexpected{noun}", unexpected)
+        lines += _listing("wrong shapes", wrong)
+        raise ValueError("\n".join(lines))
 
 
 def save_variables(path: str | os.PathLike, variables, fmt: str) -> None:
@@ -167,18 +177,12 @@ def load_variables(path: str | os.PathLike, abstract_variables, fmt: str, how_to
         raise ValueError(
             f"{path}: {FORMAT_KEY}={got_fmt!r}, expected {fmt!r} (a file made by: {how_to_make})"
         )
-    expected = {"/".join(p): leaf.shape for p, leaf in _flatten(abstract_variables).items()}
-    missing = sorted(k for k in expected if k not in arrays)
-    unexpected = sorted(k for k in arrays if k not in expected)
-    wrong = sorted(
-        f"{k}: got {arrays[k].shape}, expected {expected[k]}"
-        for k in expected
-        if k in arrays and arrays[k].shape != tuple(expected[k])
+    _check_layout(
+        f"{path}: the weights do not match the network",
+        expected={
+            "/".join(p): tuple(leaf.shape) for p, leaf in _flatten(abstract_variables).items()
+        },
+        got={k: v.shape for k, v in arrays.items()},
+        noun="",
     )
-    if missing or unexpected or wrong:
-        lines = [f"{path}: the weights do not match the network"]
-        lines += _listing("missing", missing)
-        lines += _listing("unexpected", unexpected)
-        lines += _listing("wrong shapes", wrong)
-        raise ValueError("\n".join(lines))
     return _unflatten({tuple(k.split("/")): v.astype(np.float32) for k, v in arrays.items()})
