@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
             + f" --xla_force_host_platform_device_count={max(counts)}"
         )
     import jax
-    import numpy as np
+    from step_timing import compile_step, median_step_seconds
 
     from ecgan_jax.config_lib import load_config
     from ecgan_jax.data.pseudo import pseudo_batch
@@ -57,18 +56,8 @@ def main() -> None:
             trainer.vgg_params,
         )
         batch = global_batch(pseudo_batch(config), mesh)
-        t0 = time.perf_counter()
-        compiled = step.lower(state, batch, vgg_params).compile()
-        compile_s = time.perf_counter() - t0
-        state, metrics = compiled(state, batch, vgg_params)  # warm-up
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(a.repeats):
-            t0 = time.perf_counter()
-            state, metrics = compiled(state, batch, vgg_params)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t0)
-        med = float(np.median(times))
+        compiled, compile_s = compile_step(step, state, batch, vgg_params)
+        med, _ = median_step_seconds(compiled, state, batch, vgg_params, a.repeats)
         rows.append((n, int(config.batch_size), compile_s, med, config.batch_size / med))
         print(f"{n} devices: step {med:.3f}s", file=sys.stderr, flush=True)
     base = rows[0][3] if rows[0][0] == 1 else None

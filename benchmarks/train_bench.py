@@ -20,12 +20,11 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 
 def run(args) -> dict:
     import jax
-    import numpy as np
+    from step_timing import compile_step, median_step_seconds
 
     from ecgan_jax.config_lib import apply_override, load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
@@ -48,9 +47,7 @@ def run(args) -> dict:
         trainer.vgg_params,
     )
     batch = global_batch(pseudo_batch(config, batch=args.batch), mesh)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch, vgg_params).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_step(step, state, batch, vgg_params)
     rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     release_host_memory()  # as the training loop does after compiling
     temp_gb = None
@@ -73,15 +70,7 @@ def run(args) -> dict:
             "xla_temp_gb": None if temp_gb is None else round(temp_gb, 2),
             "xla_tflop_per_step": None if flops is None else round(flops / 1e12, 3),
         }
-    state, metrics = compiled(state, batch, vgg_params)  # warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, vgg_params)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
+    med, _ = median_step_seconds(compiled, state, batch, vgg_params, args.repeats)
     out = {
         "config": args.config,
         "set": args.set,
