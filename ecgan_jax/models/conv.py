@@ -11,8 +11,9 @@ the product is a plain (K, N)·(N, Cout) matmul, block by block so that memory s
 The result equals `jax.vjp` of `lax.conv_general_dilated` to float32 rounding.
 
 `conv2d(x, kernel, stride, padding, impl)` with impl "xla" (plain lax) or "blocked" (this
-custom VJP); `default_impl()` picks "blocked" on CPU and "xla" on GPU/TPU, where XLA uses the
-accelerator's convolution units. NHWC inputs, HWIO kernels.
+custom VJP; 1×1 stride-1 convs become a plain matmul, faster on XLA:CPU in both passes);
+`default_impl()` picks "blocked" on CPU and "xla" on GPU/TPU, where XLA uses the accelerator's
+convolution units. NHWC inputs, HWIO kernels.
 """
 
 from __future__ import annotations
@@ -124,4 +125,8 @@ def conv2d(
         raise ValueError(f"conv impl {impl!r}; allowed: xla, blocked")
     if impl == "xla":
         return _conv(x, kernel, stride, padding)
+    if kernel.shape[:2] == (1, 1) and stride == 1 and padding == 0:
+        # A 1×1 conv is a matmul over pixels; XLA:CPU runs it ~3× faster as a dot than as a
+        # convolution (128→64 at 256×512: 25 ms against 83 ms), and its gradients are dots too.
+        return jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
     return _conv_blocked(x, kernel, stride, padding, block_pixels)

@@ -133,14 +133,24 @@ def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
 
     W_mat is the kernel in PyTorch's (O, I·kh·kw) layout. One power iteration when `update`
     (under stop-gradient, as torch's no_grad), then σ = uᵀ W_mat v with gradients through W only.
+    W_mat is never materialised: the HWIO kernel read as a (kh·kw·I, O) matrix is W_matᵀ with
+    its rows in (h, w, i) order, so only the small vector v is permuted between PyTorch's
+    (i, h, w) order and that one (a transposed copy of a 1024×1024×3×3 kernel costs ~20 ms on CPU,
+    at every call).
     """
-    w_mat = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(kernel.shape[3], -1)
+    kh, kw, cin, cout = kernel.shape
+    k2 = kernel.reshape(kh * kw * cin, cout)  # = W_matᵀ, rows in (h, w, i) order
+
+    def to_hwi(vec):
+        return jnp.transpose(vec.reshape(cin, kh, kw), (1, 2, 0)).reshape(-1)
+
     if update:
-        w_sg = jax.lax.stop_gradient(w_mat)
-        v = _l2_normalize(w_sg.T @ u)
-        u = _l2_normalize(w_sg @ v)
+        k_sg = jax.lax.stop_gradient(k2)
+        v_hwi = (k_sg @ u).reshape(kh, kw, cin)  # W_matᵀ u
+        v = _l2_normalize(jnp.transpose(v_hwi, (2, 0, 1)).reshape(-1))
+        u = _l2_normalize(to_hwi(v) @ k_sg)  # W_mat v
     u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
-    sigma = jnp.dot(u, w_mat @ v)
+    sigma = jnp.dot(to_hwi(v) @ k2, u)
     return sigma, u, v
 
 
