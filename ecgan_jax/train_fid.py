@@ -23,7 +23,6 @@ training with `fid_every > 0` is refused before any compute (`check_fid_config`)
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -100,25 +99,6 @@ def real_stats_cache_path(config, workdir: str, weights_digest: str) -> epath.Pa
     return epath.Path(workdir) / name
 
 
-def _write_atomic(path: epath.Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _save_statistics(path: epath.Path, mu, sigma) -> None:
-    # pytorch-fid's keys, uncompressed (np.load reads either; zlib on a 2048² float64
-    # covariance takes seconds and saves little).
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
-    _write_atomic(path, buffer.getvalue())
-
-
-def _load_statistics(path: epath.Path):
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
-        return np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
-
-
 class FidTracker:
     """FID of the training state's generator on the eval split, and the best checkpoint.
 
@@ -152,7 +132,7 @@ class FidTracker:
             self.stats_path = real_stats_cache_path(config, workdir, digest)
             self.real_source = str(self.stats_path)
             if self.stats_path.exists():
-                self.real_stats = _load_statistics(self.stats_path)
+                self.real_stats = fid_lib.load_statistics(self.stats_path)
                 logging.info("FID: cached real statistics from %s", self.stats_path)
         self.best_ckpt = None
         self.best = None
@@ -216,7 +196,7 @@ class FidTracker:
         if self.real_stats is None:
             self.real_stats = result["real_stats"]
             if self.is_main:
-                _save_statistics(self.stats_path, *self.real_stats)
+                fid_lib.save_statistics(self.stats_path, *self.real_stats, compress=False)
                 logging.info("FID: real statistics cached in %s", self.stats_path)
         writer.write_scalars(step, {"fid": fid})
         logging.info(
@@ -249,7 +229,7 @@ class FidTracker:
             "fid_weights": os.path.abspath(str(self.config.fid_weights)),
         }
         if self.is_main:
-            _write_atomic(self.best_json, (json.dumps(record, indent=2) + "\n").encode())
+            fid_lib.write_atomic(self.best_json, (json.dumps(record, indent=2) + "\n").encode())
         previous = self.best
         self.best = record
         logging.info(

@@ -26,6 +26,7 @@ each process extracts the features of the images it is given.
 from __future__ import annotations
 
 import functools
+import io
 import os
 from collections.abc import Iterable
 
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -184,27 +186,41 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*compute_statistics(features1), *compute_statistics(features2))
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Writes pytorch-fid's statistics format: compressed `.npz` with `mu` (D,), `sigma` (D, D)."""
+def save_statistics(
+    path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, *, compress: bool = True
+) -> None:
+    """Writes pytorch-fid's statistics format: `.npz` with `mu` (D,), `sigma` (D, D), float64.
+
+    `path` is a local path or any `etils.epath` location (gs://...); the file is written
+    whole to a temporary name and then renamed, so a reader never sees half a file.
+    `compress=False` skips zlib (seconds for a 2048² covariance, for little gain).
+    """
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"save_statistics({path}): mu {mu.shape} / sigma {sigma.shape} mismatch")
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:  # a handle: np.savez_compressed would append ".npz"
-        np.savez_compressed(f, mu=mu, sigma=sigma)
+    buffer = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buffer, mu=mu, sigma=sigma)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to a temporary sibling of `path` (local or epath), then renames it."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) float64 from a statistics `.npz` (ours or pytorch-fid's)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    """(mu, sigma) float64 from a statistics `.npz` (ours or pytorch-fid's; local or epath)."""
+    path = epath.Path(path)
+    if not path.is_file():
         raise FileNotFoundError(
             f"FID statistics file not found: {path}. Nothing is downloaded; make it with "
             f"{STATS_COMMAND}"
         )
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
         missing = [k for k in ("mu", "sigma") if k not in f.files]
         if missing:
             raise ValueError(
