@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Conv weight-gradient path (models/conv.py): "auto" = "blocked" on CPU (about 3x faster
     # backward at 256x512 on XLA:CPU), "xla" on GPU/TPU; same numbers either way.
     m.conv_impl = "auto"
+    # SPADE layers keep only their input for the backward pass and recompute BN, gamma, beta
+    # there: full Cityscapes config on CPU, batch 1: about 1 GB less peak memory for about 10%
+    # more step time (BENCHMARKS.md). Same values either way.
+    m.spade_recompute = True
 
     # --- optimisation (ECGAN_SPEC.md §4.1, §D.4) ---
     c.batch_size = 32  # global batch over all devices and hosts
@@ -181,6 +185,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
                 tuple(config.contrastive.layers),
                 "a tuple of " + ", ".join(CONTRASTIVE_LAYERS),
             )
+    for key, value in (
+        ("model.spade_recompute", m.spade_recompute),
+        ("regenerate_fakes_for_d", config.regenerate_fakes_for_d),
+    ):
+        if not isinstance(value, bool):
+            _fail(key, value, "True, False")
     if not 0.0 <= float(config.ema_decay) < 1.0:
         _fail("ema_decay", config.ema_decay, "a float in [0, 1)")
     _validate_fid(config)

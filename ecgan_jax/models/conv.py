@@ -100,6 +100,11 @@ def _bwd(stride, padding, block_pixels, res, dy):
     _, input_vjp = jax.vjp(lambda t: _conv(t, kernel, stride, padding), x)
     (dx,) = input_vjp(dy)
     dw = _weight_grad(x, dy, kernel.shape, stride, padding, block_pixels)
+    # dx is released only with dw: the backward pass then finishes each layer (and frees its
+    # input and output cotangent) before moving on to the previous one, instead of running
+    # the whole dx chain first and keeping every layer's x and dy for the weight gradients
+    # (0.26 GB less peak memory at the full Cityscapes config on CPU).
+    dx, dw = jax.lax.optimization_barrier((dx, dw))
     return dx, dw.astype(kernel.dtype)
 
 

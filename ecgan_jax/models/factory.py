@@ -31,6 +31,7 @@ def build_generator(config) -> Generator:
         spade_hidden=int(m.spade_hidden),
         dtype=compute_dtype(config),
         conv_impl=conv_impl(config),
+        spade_recompute=bool(m.spade_recompute),
     )
 
 

@@ -88,9 +88,18 @@ class Conv2d(nn.Module):
         k = self.kernel_size
         return self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features), jnp.float32)
 
-    def _conv_bias(self, x, kernel):
-        """conv2d with PyTorch padding (default k // 2), then the optional bias, in `dtype`."""
+    def _conv_bias(self, x, kernel, divisor=None):
+        """conv2d with PyTorch padding (default k // 2), then the optional bias, in `dtype`.
+
+        With `divisor` (a scalar, spectral norm's σ) the result is conv(x, kernel / divisor),
+        computed by scaling whichever is smaller, the kernel or the output: wide layers at small
+        maps (1024×1024×3×3 kernels on 8×16 maps) then never materialise a scaled copy of their
+        kernel, which would also be kept for the backward pass.
+        """
         p = self.kernel_size // 2 if self.padding is None else self.padding
+        scale_output = divisor is not None and _output_elements(x, self, p) < kernel.size
+        if divisor is not None and not scale_output:
+            kernel = kernel / divisor
         y = conv2d(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
@@ -98,10 +107,19 @@ class Conv2d(nn.Module):
             padding=p,
             impl=self.impl,
         )
+        if scale_output:
+            y = y / divisor.astype(self.dtype)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return y
+
+
+def _output_elements(x, layer, padding: int) -> int:
+    """Elements of `layer`'s output for input `x` (NHWC)."""
+    k, st = layer.kernel_size, layer.stride
+    h, w = ((d + 2 * padding - k) // st + 1 for d in x.shape[1:3])
+    return x.shape[0] * h * w * layer.features
 
 
 def conv(
@@ -117,6 +135,19 @@ def conv(
 ) -> Conv2d:
     """A plain conv as PyTorch's nn.Conv2d (symmetric padding), Xavier-normal(0.02) init."""
     return Conv2d(features, kernel_size, stride, padding, use_bias, dtype, impl, name=name)
+
+
+class ConvParams(Conv2d):
+    """The `kernel` (HWIO) and `bias` of a `Conv2d`, same names and init, without the conv:
+    `ConvParams(features, name=...)(in_channels) -> (kernel, bias)`, for modules that apply
+    the conv inside a function of their own (SPADE's recomputing backward pass)."""
+
+    @nn.compact
+    def __call__(self, in_channels: int):
+        k = self.kernel_size
+        kernel = self.param("kernel", xavier_002, (k, k, in_channels, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return kernel, bias
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -177,7 +208,7 @@ class SpectralConv(Conv2d):
         sigma, u, v = spectral_sigma(kernel, u_var.value, v_var.value, update_stats)
         if update_stats and not self.is_initializing():
             u_var.value, v_var.value = u, v
-        return self._conv_bias(x, kernel / sigma)
+        return self._conv_bias(x, kernel, divisor=sigma)
 
 
 class SyncBatchNorm(nn.Module):
@@ -193,7 +224,9 @@ class SyncBatchNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool):
+    def __call__(self, x, use_running_average: bool, moments=None):
+        """Normalised x. `moments`: (mean, var) of x computed by the caller (training only;
+        they update the running statistics, stop-gradient, and normalise the output)."""
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
@@ -202,8 +235,10 @@ class SyncBatchNorm(nn.Module):
             mean, var = ra_mean.value, ra_var.value
         else:
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xf, axis=axes)
-            var = jnp.mean(jnp.square(xf - mean), axis=axes)
+            if moments is None:
+                mean, var = batch_moments(x)
+            else:
+                mean, var = (jax.lax.stop_gradient(m) for m in moments)
             if not self.is_initializing():
                 n = int(np.prod([x.shape[a] for a in axes]))
                 unbiased = var * (n / max(n - 1, 1))
@@ -212,6 +247,14 @@ class SyncBatchNorm(nn.Module):
                 ra_var.value = (1 - m) * ra_var.value + m * unbiased
         y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         return y.astype(self.dtype)
+
+
+def batch_moments(x: jax.Array):
+    """Float32 mean and biased variance over every axis but the last (channels)."""
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(xf, axis=axes)
+    return mean, jnp.mean(jnp.square(xf - mean), axis=axes)
 
 
 def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
