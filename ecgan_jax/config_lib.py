@@ -66,8 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     # backward at 256x512 on XLA:CPU), "xla" on GPU/TPU; same numbers either way.
     m.conv_impl = "auto"
     # SPADE layers keep only their input for the backward pass and recompute BN, gamma, beta
-    # there: full Cityscapes config on CPU, batch 1: about 1 GB less peak memory for about 10%
-    # more step time (BENCHMARKS.md). Same values either way.
+    # there (ecgan_jax/recompute.py): full Cityscapes config on CPU, batch 1: peak 5.87 -> 5.19
+    # GB for about 7% more step time (BENCHMARKS.md). Same values either way.
     m.spade_recompute = True
 
     # --- optimisation (ECGAN_SPEC.md §4.1, §D.4) ---
