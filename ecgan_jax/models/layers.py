@@ -82,44 +82,51 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return self._conv_bias(x, self._kernel(x))
+        return self._conv_bias(x, self._kernel(x.shape[-1]))
 
-    def _kernel(self, x):
+    def _kernel(self, in_channels: int):
         k = self.kernel_size
-        return self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features), jnp.float32)
+        return self.param("kernel", xavier_002, (k, k, in_channels, self.features), jnp.float32)
+
+    def _bias(self):
+        if not self.use_bias:
+            return None
+        return self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
 
     def _conv_bias(self, x, kernel, divisor=None):
-        """conv2d with PyTorch padding (default k // 2), then the optional bias, in `dtype`.
-
-        With `divisor` (a scalar, spectral norm's σ) the result is conv(x, kernel / divisor),
-        computed by scaling whichever is smaller, the kernel or the output: wide layers at small
-        maps (1024×1024×3×3 kernels on 8×16 maps) then never materialise a scaled copy of their
-        kernel, which would also be kept for the backward pass.
-        """
-        p = self.kernel_size // 2 if self.padding is None else self.padding
-        scale_output = divisor is not None and _output_elements(x, self, p) < kernel.size
-        if divisor is not None and not scale_output:
-            kernel = kernel / divisor
-        y = conv2d(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
+        """`apply_conv` with this layer's stride, padding (default k // 2), dtype and bias."""
+        return apply_conv(
+            x,
+            kernel,
+            self._bias(),
             stride=self.stride,
-            padding=p,
+            padding=self.kernel_size // 2 if self.padding is None else self.padding,
+            dtype=self.dtype,
             impl=self.impl,
+            divisor=divisor,
         )
-        if scale_output:
-            y = y / divisor.astype(self.dtype)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
 
 
-def _output_elements(x, layer, padding: int) -> int:
-    """Elements of `layer`'s output for input `x` (NHWC)."""
-    k, st = layer.kernel_size, layer.stride
-    h, w = ((d + 2 * padding - k) // st + 1 for d in x.shape[1:3])
-    return x.shape[0] * h * w * layer.features
+def apply_conv(x, kernel, bias=None, *, stride=1, padding, dtype, impl=None, divisor=None):
+    """conv2d(x, kernel) (symmetric `padding`), then the optional bias, computed in `dtype`.
+
+    With `divisor` (a scalar, spectral norm's σ) the result is conv(x, kernel / divisor),
+    computed by scaling whichever is smaller, the kernel or the output: wide layers at small
+    maps (1024×1024×3×3 kernels on 8×16 maps) then never materialise a scaled copy of their
+    kernel, which would also be kept for the backward pass.
+    """
+    kh, kw, _, cout = kernel.shape
+    h = (x.shape[1] + 2 * padding - kh) // stride + 1
+    w = (x.shape[2] + 2 * padding - kw) // stride + 1
+    scale_output = divisor is not None and x.shape[0] * h * w * cout < kernel.size
+    if divisor is not None and not scale_output:
+        kernel = kernel / divisor
+    y = conv2d(x.astype(dtype), kernel.astype(dtype), stride=stride, padding=padding, impl=impl)
+    if scale_output:
+        y = y / divisor.astype(dtype)
+    if bias is not None:
+        y = y + bias.astype(dtype)
+    return y
 
 
 def conv(
@@ -140,14 +147,11 @@ def conv(
 class ConvParams(Conv2d):
     """The `kernel` (HWIO) and `bias` of a `Conv2d`, same names and init, without the conv:
     `ConvParams(features, name=...)(in_channels) -> (kernel, bias)`, for modules that apply
-    the conv inside a function of their own (SPADE's recomputing backward pass)."""
+    the conv (`apply_conv`) inside a function of their own (SPADE's recomputing backward)."""
 
     @nn.compact
     def __call__(self, in_channels: int):
-        k = self.kernel_size
-        kernel = self.param("kernel", xavier_002, (k, k, in_channels, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return kernel, bias
+        return self._kernel(in_channels), self._bias()
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -198,7 +202,7 @@ class SpectralConv(Conv2d):
     def __call__(self, x, update_stats: bool):
         k = self.kernel_size
         cin = x.shape[-1]
-        kernel = self._kernel(x)
+        kernel = self._kernel(cin)
         u_var = self.variable(
             "spectral", "u", lambda: _unit_normal(self.make_rng("params"), (self.features,))
         )
@@ -225,28 +229,23 @@ class SyncBatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, use_running_average: bool, moments=None):
-        """Normalised x. `moments`: (mean, var) of x computed by the caller (training only;
-        they update the running statistics, stop-gradient, and normalise the output)."""
+        """Normalised x. `moments`: (mean, var) of x already computed by the caller (training
+        only), used instead of computing them again."""
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        xf = x.astype(jnp.float32)
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
             axes = tuple(range(x.ndim - 1))
-            if moments is None:
-                mean, var = batch_moments(x)
-            else:
-                mean, var = (jax.lax.stop_gradient(m) for m in moments)
+            mean, var = batch_moments(x) if moments is None else moments
             if not self.is_initializing():
                 n = int(np.prod([x.shape[a] for a in axes]))
                 unbiased = var * (n / max(n - 1, 1))
                 m = self.momentum
                 ra_mean.value = (1 - m) * ra_mean.value + m * mean
                 ra_var.value = (1 - m) * ra_var.value + m * unbiased
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return y.astype(self.dtype)
+        return normalize(x, mean, var, self.epsilon, self.dtype)
 
 
 def batch_moments(x: jax.Array):
@@ -257,12 +256,17 @@ def batch_moments(x: jax.Array):
     return mean, jnp.mean(jnp.square(xf - mean), axis=axes)
 
 
+def normalize(x: jax.Array, mean, var, epsilon: float, dtype) -> jax.Array:
+    """(x − mean) / sqrt(var + epsilon), computed in float32, returned in `dtype`."""
+    return ((x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + epsilon)).astype(dtype)
+
+
 def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
     """InstanceNorm2d(affine=False): per sample and channel over H, W; float32 statistics."""
     xf = x.astype(jnp.float32)
     mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
-    return ((xf - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
+    return normalize(x, mean, var, epsilon, x.dtype)
 
 
 def avg_pool_exclude_pad(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1):

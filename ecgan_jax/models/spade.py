@@ -19,13 +19,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecgan_jax.models.conv import conv2d
 from ecgan_jax.models.layers import (
     ConvParams,
     SpectralConv,
     SyncBatchNorm,
+    apply_conv,
     batch_moments,
     nearest_resize,
+    normalize,
 )
 from ecgan_jax.recompute import recompute_in_backward
 
@@ -62,8 +63,7 @@ class SPADE(nn.Module):
 
         def modulate(normalized, seg, weights):
             def conv3(t, kb):
-                y = conv2d(t, kb[0].astype(dtype), padding=1, impl=impl)
-                return y + kb[1].astype(dtype)
+                return apply_conv(t, *kb, padding=1, dtype=dtype, impl=impl)
 
             actv = nn.relu(conv3(seg, weights[0]))
             out = normalized * (1 + conv3(actv, weights[1])) + conv3(actv, weights[2])
@@ -74,8 +74,7 @@ class SPADE(nn.Module):
 
         def spade(x, seg, weights):
             mean, var = batch_moments(x)
-            normalized = ((x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + eps)).astype(dtype)
-            return modulate(normalized, seg, weights), mean, var
+            return modulate(normalize(x, mean, var, eps, dtype), seg, weights), mean, var
 
         out, mean, var = recompute_in_backward(spade)(x, seg, weights)
         bn(x, use_running_average=False, moments=(mean, var))  # running statistics only
