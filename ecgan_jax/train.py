@@ -34,8 +34,10 @@ from ecgan_jax.train_fid import FidTracker, check_fid_config, fid_enabled
 from ecgan_jax.train_state import (
     build_models,
     create_train_state,
+    make_init_fn,
     make_optimizers,
     parameter_overview,
+    seed_key,
     state_shardings,
     total_steps,
 )
@@ -98,20 +100,46 @@ class Trainer(NamedTuple):
     vgg_params: Any  # replicated VGG19 variables, or None without the perceptual loss
     abstract_state: Any  # TrainState of ShapeDtypeStructs
     step_fn: Any  # jitted (state, global batch, vgg_params) -> (state, metrics)
+    init_fn: Any  # jitted PRNG key -> fresh TrainState, replicated on the mesh
+    generate_fn: Any  # jitted eval-mode generator, `make_generate_fn`
 
     def init_state(self, seed=None):
-        """A fresh TrainState, created replicated on the mesh."""
-        return create_train_state(
-            self.config, self.models, self.tx_g, self.tx_d, mesh=self.mesh, seed=seed
-        )
+        """A fresh TrainState (from `config.seed` unless `seed` is given), replicated."""
+        return self.init_fn(seed_key(self.config, seed))
+
+
+# Trainers built in this process, newest last: a second `train_and_evaluate` with the same
+# config and devices (a resumed run in a notebook, the tests) reuses the traced and compiled
+# step and initialiser instead of spending ~20 s tracing and loading them again.
+_TRAINERS: dict = {}
+_MAX_TRAINERS = 2
 
 
 def build_trainer(config, mesh, dataset_size: int) -> Trainer:
     """Models, optimizers, perceptual network and the jitted, donated train step on `mesh`.
 
     `dataset_size` only sets the learning-rate schedule. Shared by `train_and_evaluate`, the
-    tests and the benchmarks.
+    tests and the benchmarks. The last two trainers are kept per (config, devices,
+    dataset_size) and returned again for an equal request; the trainer holds its own copy of
+    the config, so later changes to `config` make a new one.
     """
+    key = (
+        config.to_json_best_effort(sort_keys=True),
+        tuple(d.id for d in mesh.devices.flat),
+        mesh.axis_names,
+        int(dataset_size),
+    )
+    if key in _TRAINERS:
+        _TRAINERS[key] = _TRAINERS.pop(key)  # most recently used last
+        return _TRAINERS[key]
+    trainer = _build_trainer(config.copy_and_resolve_references(), mesh, dataset_size)
+    _TRAINERS[key] = trainer
+    while len(_TRAINERS) > _MAX_TRAINERS:
+        _TRAINERS.pop(next(iter(_TRAINERS)))
+    return trainer
+
+
+def _build_trainer(config, mesh, dataset_size: int) -> Trainer:
     check_batch_size(int(config.batch_size), mesh)
     models = build_models(config)
     tx_g, tx_d, schedules = make_optimizers(config, dataset_size)
@@ -126,7 +154,20 @@ def build_trainer(config, mesh, dataset_size: int) -> Trainer:
         state_shardings(abstract, mesh),
         rep if vgg_params is not None else None,
     )
-    return Trainer(config, models, mesh, tx_g, tx_d, schedules, vgg_params, abstract, step_fn)
+    init_fn = make_init_fn(config, models, tx_g, tx_d, mesh)
+    return Trainer(
+        config,
+        models,
+        mesh,
+        tx_g,
+        tx_d,
+        schedules,
+        vgg_params,
+        abstract,
+        step_fn,
+        init_fn,
+        make_generate_fn(models, config),
+    )
 
 
 def make_generate_fn(models, config):
@@ -255,7 +296,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
 
         eval_batch = multihost_utils.process_allgather(eval_batch, tiled=True)
     eval_inputs = jax.device_put((eval_batch["label"], eval_batch["instance"]), rep)
-    generate = make_generate_fn(models, config)
+    generate = trainer.generate_fn
     fid_tracker = (
         FidTracker(config, workdir, models.generator, mesh, is_main=is_main)
         if fid_enabled(config)

@@ -181,10 +181,22 @@ def init_bank(config):
 
 def create_train_state(config, models: Models, tx_g, tx_d, mesh=None, seed=None) -> TrainState:
     """A fresh state, created directly with replicated shardings on `mesh` when given."""
-    seed = int(config.seed if seed is None else seed)
+    return make_init_fn(config, models, tx_g, tx_d, mesh)(seed_key(config, seed))
 
-    def init():
-        rng = jax.random.PRNGKey(seed)
+
+def seed_key(config, seed=None):
+    """The PRNG key a fresh state is drawn from: `config.seed` unless `seed` is given."""
+    return jax.random.PRNGKey(int(config.seed if seed is None else seed))
+
+
+def make_init_fn(config, models: Models, tx_g, tx_d, mesh=None):
+    """jit(key -> fresh TrainState), replicated on `mesh` when given.
+
+    Made once per trainer (`train.build_trainer`) so that creating a second state reuses the
+    compiled initialiser instead of tracing and compiling it again.
+    """
+
+    def init(rng):
         k_init, k_run = jax.random.split(rng)
         g_params, g_stats, d_params, d_stats = init_variables(config, models, k_init)
         ema = g_params["generator"] if float(config.ema_decay) > 0 else None
@@ -202,9 +214,9 @@ def create_train_state(config, models: Models, tx_g, tx_d, mesh=None, seed=None)
         )
 
     if mesh is None:
-        return jax.jit(init)()
-
-    return jax.jit(init, out_shardings=state_shardings(jax.eval_shape(init), mesh))()
+        return jax.jit(init)
+    abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return jax.jit(init, out_shardings=state_shardings(abstract, mesh))
 
 
 def state_shardings(state_or_abstract, mesh):

@@ -22,19 +22,10 @@ STEPS = 2
 
 
 def multiprocess_config():
-    """The synthetic smoke config on 4 devices, global batch 4, no VGG and no image grids."""
-    from ecgan_jax.config_lib import load_config
+    """tests/train_configs.py's config on 4 devices, global batch 4, for STEPS steps."""
+    from train_configs import demo_config
 
-    config = load_config("configs/synthetic.py:smoke")
-    config.batch_size = 4
-    config.num_devices = 4
-    config.image_every = 0
-    config.log_every = 1
-    config.checkpoint_every = 100
-    config.num_train_steps = STEPS
-    config.perceptual.enabled = False
-    config.niter_decay = 0
-    return config
+    return demo_config(batch_size=4, num_devices=4, checkpoint_every=100, num_train_steps=STEPS)
 
 
 def record_scalars(monkeypatch_setattr):

@@ -25,6 +25,8 @@ from ecgan_jax.quality import to_uint8
 from ecgan_jax.train_state import build_models, create_train_state, make_optimizers
 
 CONFIG = "configs/synthetic.py:smoke"
+# One worker runs this module, so the module fixture (a compiled initialiser) is made once.
+pytestmark = pytest.mark.xdist_group("generate_evaluate")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -74,7 +74,9 @@ def _wait(procs, timeout=600):
         assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{log[-6000:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.xdist_group("four_devices")
 def test_two_processes_train_like_one(tmp_path, monkeypatch):
     workdir = tmp_path / "shared_workdir"
     outs = [str(tmp_path / f"process_{i}.npz") for i in range(NUM_PROCESSES)]

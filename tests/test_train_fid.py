@@ -13,27 +13,14 @@ import os
 import jax
 import numpy as np
 import pytest
+from train_configs import demo_config
 
 from ecgan_jax import config_lib, inference
 from ecgan_jax import state_dict as sd_lib
-from ecgan_jax.config_lib import load_config
 from ecgan_jax.eval import fid, inception
 from ecgan_jax.train import train_and_evaluate
 from ecgan_jax.train_fid import BEST_DIR, BEST_JSON, FidTracker, check_fid_config
 from ecgan_jax.train_state import build_models
-
-
-def demo_config(**overrides):
-    """tests/test_train.py's train_and_evaluate config (shares its compiled train step)."""
-    config = load_config("configs/synthetic.py:smoke")
-    config.num_devices = 2
-    config.image_every = 0
-    config.log_every = 1
-    config.perceptual.enabled = False
-    config.niter_decay = 0
-    for k, v in overrides.items():
-        config[k] = v
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +97,7 @@ def test_fid_is_due_on_the_interval_and_at_the_last_step():
     assert [s for s in range(1, 8) if tracker.due(s, num_steps=7)] == [3, 6, 7]
 
 
+@pytest.mark.xdist_group("train_step")
 def test_periodic_fid_keeps_best_across_restarts(tmp_path, weights, monkeypatch):
     from clu import metric_writers
 
