@@ -45,9 +45,21 @@ def authors_fixture():
     return load
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     has_accel = jax.default_backend() != "cpu"
     skip = pytest.mark.skip(reason="needs a GPU/TPU (accelerator marker)")
     for item in items:
         if "accelerator" in item.keywords and not has_accel:
             item.add_marker(skip)
+    # Under --dist=loadgroup pytest-xdist marks grouped tests by a "@group" suffix of their
+    # node id, which is what keeps them in one worker (see setup.cfg's pin of pytest).
+    grouped = [i for i in items if i.get_closest_marker("xdist_group") is not None]
+    if getattr(config.option, "loadgroup", False) and grouped and "@" not in grouped[0].nodeid:
+        import warnings
+
+        warnings.warn(
+            "pytest-xdist's --dist=loadgroup did not group the tests marked xdist_group under "
+            f"pytest {pytest.__version__}: tests sharing a compiled step will compile it twice",
+            stacklevel=1,
+        )
