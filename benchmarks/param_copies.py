@@ -1,0 +1,107 @@
+"""Which donated state buffers XLA copies in the compiled train step, and why.
+
+    python benchmarks/param_copies.py --config=configs/cityscapes.py:smoke [--top=20]
+
+The train step donates its state, so each new parameter can be written into the buffer of the
+old one. XLA's copy insertion copies a donated parameter instead when some reader of the old
+value is not ordered before that write by data dependencies; the copy is then live for most of
+the step (0.39 GB of G kernels at the full Cityscapes config). This compiles the step (batch 1,
+one device, `jax_disable_most_optimizations` off as in training), lists every
+`copy(parameter)` in the optimised HLO with the state leaf it copies, and for the largest ones
+the readers of the copy that are not ancestors of the leaf's new value: those are the reads
+that force the copy. Shapes are small at the smoke configs but the structure is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+
+import jax
+import numpy as np
+
+from ecgan_jax.config_lib import load_config
+from ecgan_jax.data.pseudo import pseudo_batch
+from ecgan_jax.sharding import global_batch, make_mesh
+from ecgan_jax.train import build_trainer
+
+_DEF = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*)$")
+
+
+def entry_graph(hlo_text: str):
+    """(definitions, operands) of the entry computation's instructions, by name."""
+    entry = hlo_text.split("\nENTRY", 1)[1]
+    defs = {}
+    for line in entry.splitlines():
+        m = _DEF.match(line)
+        if m:
+            defs[m.group(1)] = m.group(2)
+    operands = {n: [t for t in re.findall(r"%([\w.\-]+)", d) if t in defs] for n, d in defs.items()}
+    root = re.search(r"ROOT %(\S+) =", entry).group(1)
+    return defs, operands, root
+
+
+def ancestors(node, operands):
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(operands[n])
+    return seen
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/cityscapes.py:smoke")
+    parser.add_argument("--top", type=int, default=10)
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    config.batch_size = 1
+    trainer = build_trainer(config, make_mesh(jax.devices()[:1]), dataset_size=100)
+    state = trainer.abstract_state
+    batch = global_batch(pseudo_batch(config), trainer.mesh)
+    compiled = trainer.step_fn.lower(state, batch, trainer.vgg_params).compile()
+    defs, operands, root = entry_graph(compiled.as_text())
+
+    leaves = jax.tree_util.tree_flatten_with_path((state, batch, trainer.vgg_params))[0]
+    names = [jax.tree_util.keystr(path) for path, _ in leaves]
+    sizes = [int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for _, x in leaves]
+    param_index = {}
+    for n, d in defs.items():
+        m = re.search(r" parameter\((\d+)\)", d)
+        if m:
+            param_index[n] = int(m.group(1))
+    copies = []  # (bytes, leaf index, copy instruction)
+    for n, d in defs.items():
+        m = re.match(r"\S+ copy\(%([^)]+)\)", d)
+        if m and m.group(1) in param_index:
+            i = param_index[m.group(1)]
+            copies.append((sizes[i], i, n))
+    copies.sort(reverse=True)
+    total = sum(c[0] for c in copies)
+    print(
+        f"{len(copies)} donated buffers copied, {total / 1e6:.2f} MB; XLA temp "
+        f"{compiled.memory_analysis().temp_size_in_bytes / 1e9:.3f} GB"
+    )
+    outputs = operands[root]
+    num_state = len(jax.tree_util.tree_leaves(state))
+    users = collections.defaultdict(list)
+    for n, ops in operands.items():
+        for o in ops:
+            users[o].append(n)
+    for nbytes, i, copy in copies[: args.top]:
+        print(f"{nbytes / 1e6:9.3f} MB  {names[i]}")
+        if i >= num_state:
+            continue
+        before_write = ancestors(outputs[i], operands)
+        for u in users[copy]:
+            if u not in before_write:
+                op = re.search(r'op_name="([^"]*)"', defs[u])
+                print(f"             unordered reader {u}: {op.group(1)[-110:] if op else ''}")
+
+
+if __name__ == "__main__":
+    main()
