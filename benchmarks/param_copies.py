@@ -66,20 +66,20 @@ def main():
     compiled = trainer.step_fn.lower(state, batch, trainer.vgg_params).compile()
     defs, operands, root = entry_graph(compiled.as_text())
 
-    leaves = jax.tree_util.tree_flatten_with_path((state, batch, trainer.vgg_params))[0]
-    names = [jax.tree_util.keystr(path) for path, _ in leaves]
-    sizes = [int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for _, x in leaves]
-    param_index = {}
+    # Unused inputs are pruned from the HLO, so parameters are named by their metadata.
+    state_index = {
+        "state" + jax.tree_util.keystr(path): i
+        for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0])
+    }
+    copies = []  # (bytes, input name, copy instruction)
     for n, d in defs.items():
-        m = re.search(r" parameter\((\d+)\)", d)
-        if m:
-            param_index[n] = int(m.group(1))
-    copies = []  # (bytes, leaf index, copy instruction)
-    for n, d in defs.items():
-        m = re.match(r"\S+ copy\(%([^)]+)\)", d)
-        if m and m.group(1) in param_index:
-            i = param_index[m.group(1)]
-            copies.append((sizes[i], i, n))
+        m = re.match(r"(\w+)\[([\d,]*)\]\S* copy\(%([^)]+)\)", d)
+        source = defs.get(m.group(3), "") if m else ""
+        if " parameter(" in source:
+            name = re.search(r'op_name="([^"]*)"', source).group(1).replace("\\'", "'")
+            dims = [int(v) for v in m.group(2).split(",") if v]
+            nbytes = int(np.prod(dims)) * int(re.sub(r"\D", "", m.group(1)) or 8) // 8
+            copies.append((nbytes, name, n))
     copies.sort(reverse=True)
     total = sum(c[0] for c in copies)
     print(
@@ -87,16 +87,15 @@ def main():
         f"{compiled.memory_analysis().temp_size_in_bytes / 1e9:.3f} GB"
     )
     outputs = operands[root]
-    num_state = len(jax.tree_util.tree_leaves(state))
     users = collections.defaultdict(list)
     for n, ops in operands.items():
         for o in ops:
             users[o].append(n)
-    for nbytes, i, copy in copies[: args.top]:
-        print(f"{nbytes / 1e6:9.3f} MB  {names[i]}")
-        if i >= num_state:
+    for nbytes, name, copy in copies[: args.top]:
+        print(f"{nbytes / 1e6:9.3f} MB  {name}")
+        if name not in state_index:
             continue
-        before_write = ancestors(outputs[i], operands)
+        before_write = ancestors(outputs[state_index[name]], operands)
         for u in users[copy]:
             if u not in before_write:
                 op = re.search(r'op_name="([^"]*)"', defs[u])
