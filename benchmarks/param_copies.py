@@ -20,8 +20,9 @@ import re
 
 import jax
 import numpy as np
+from step_timing import compile_step
 
-from ecgan_jax.config_lib import load_config
+from ecgan_jax.config_lib import apply_override, load_config, validate_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
 from ecgan_jax.train import build_trainer
@@ -56,14 +57,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/cityscapes.py:smoke")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides: field=value")
     args = parser.parse_args()
 
     config = load_config(args.config)
     config.batch_size = 1
+    config.perceptual.random_weights = True  # as train_bench.py: no VGG file needed
+    for override in args.set:
+        apply_override(config, override)
+    validate_config(config)
     trainer = build_trainer(config, make_mesh(jax.devices()[:1]), dataset_size=100)
     state = trainer.abstract_state
     batch = global_batch(pseudo_batch(config), trainer.mesh)
-    compiled = trainer.step_fn.lower(state, batch, trainer.vgg_params).compile()
+    compiled, _ = compile_step(trainer.step_fn, state, batch, trainer.vgg_params)
     defs, operands, root = entry_graph(compiled.as_text())
 
     # Unused inputs are pruned from the HLO, so parameters are named by their metadata.
