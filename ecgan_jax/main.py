@@ -29,6 +29,10 @@ def set_cpu_scheduler_flag(environ=os.environ) -> None:
 
 set_cpu_scheduler_flag()
 
+from ecgan_jax.hostmem import limit_malloc_arenas  # noqa: E402
+
+limit_malloc_arenas()  # before JAX starts its thread pools (ecgan_jax/hostmem.py)
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ecgan_jax import config_lib
 from ecgan_jax.checkpointing import Checkpointer, abstract_with_shardings
+from ecgan_jax.hostmem import release_host_memory
 from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.quality import class_colour_error, image_grid
 from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
@@ -100,12 +101,22 @@ class Trainer(NamedTuple):
     vgg_params: Any  # replicated VGG19 variables, or None without the perceptual loss
     abstract_state: Any  # TrainState of ShapeDtypeStructs
     step_fn: Any  # jitted (state, global batch, vgg_params) -> (state, metrics)
-    init_fn: Any  # jitted PRNG key -> fresh TrainState, replicated on the mesh
+    init_fn: Any  # jitted PRNG key -> fresh TrainState, replicated on the mesh (not cached)
     generate_fn: Any  # jitted eval-mode generator, `make_generate_fn`
 
     def init_state(self, seed=None):
-        """A fresh TrainState (from `config.seed` unless `seed` is given), replicated."""
-        return self.init_fn(seed_key(self.config, seed))
+        """A fresh TrainState (from `config.seed` unless `seed` is given), replicated.
+
+        The initialiser runs once per run, so its executable is not kept afterwards: at the
+        full Cityscapes config it holds 0.2 GB of host memory that the train step's peak
+        would otherwise include (BENCHMARKS.md). Another call compiles it again (from the
+        persistent compilation cache when one is set).
+        """
+        state = self.init_fn(seed_key(self.config, seed))
+        jax.block_until_ready(state)
+        self.init_fn.clear_cache()
+        release_host_memory()
+        return state
 
 
 # Trainers built in this process, newest last: a second `train_and_evaluate` with the same
@@ -190,33 +201,14 @@ def _check_finite(metrics: dict, step: int) -> None:
             )
 
 
-def release_host_memory() -> None:
-    """Returns freed heap pages to the OS (glibc `malloc_trim`); a no-op elsewhere.
-
-    Compiling the full-size step allocates a few GB of short-lived compiler data; glibc keeps
-    the freed pages mapped, and the step's own buffers are then allocated on top, so the
-    process's peak RSS is the sum. Trimming after compilation lowered the measured peak of the
-    full Cityscapes step on CPU by about 1.4 GB (BENCHMARKS.md).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        trim = None
-    if trim is not None:
-        trim(0)
-
-
 def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
-    """Compiles the train step, then waits until every process has compiled it too.
+    """Compiles the train step, returns the compiler's freed memory, then waits for the peers.
 
-    CPU collectives (gloo) give up when a peer has not joined within 30 s, and compile times
-    differ between processes (persistent-cache hits, load), so the first step must not start
-    on one process while another is still compiling. The barrier is the coordination
+    Compiling inside the first step's call would leave the compiler's freed heap mapped under
+    the step's own buffers (`release_host_memory`). With several processes, CPU collectives
+    (gloo) give up when a peer has not joined within 30 s, and compile times differ between
+    processes (persistent-cache hits, load), so the first step must not start on one process
+    while another is still compiling. The barrier is the coordination
     service's (a device barrier would itself be a collective); barrier names must be unique,
     hence the counter. The later call reuses the executable compiled here.
     """
@@ -382,7 +374,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     try:
         while step < num_steps:
             batch = global_batch(next(train_iter), mesh)
-            if multiprocess and step == start:
+            if step == start:
                 _compile_in_step(step_fn, state, batch, vgg_params)
             with jax.transfer_guard("disallow"):
                 state, metrics = step_fn(state, batch, vgg_params)
