@@ -1,7 +1,7 @@
 """VGG19 perceptual loss over precomputed feature lists (ECGAN_SPEC.md §4.1).
 
 The features come from `ecgan_jax.models.vgg.VGG19Features` (relu1_1 … relu5_1), or any other
-extractor; this module only needs jax.
+extractor. |x − y| keeps 1 bit per element for the backward pass (`ecgan_jax.bitmask`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from ecgan_jax import bitmask
 
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
@@ -41,5 +43,5 @@ def vgg_perceptual_loss(
         if x.shape != y.shape:
             raise ValueError(f"vgg_perceptual_loss: feature shapes differ: {x.shape} vs {y.shape}")
         diff = jnp.asarray(x, jnp.float32) - jax.lax.stop_gradient(jnp.asarray(y, jnp.float32))
-        total = total + float(w) * jnp.mean(jnp.abs(diff))
+        total = total + float(w) * jnp.mean(bitmask.abs_(diff))
     return total

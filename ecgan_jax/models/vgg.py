@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecgan_jax import bitmask
+
 # (torchvision index N in vgg19.features, in channels, out channels) of each 3×3 conv in [0:30].
 VGG19_CONVS = (
     (0, 3, 64),
@@ -88,7 +90,7 @@ class VGG19Features(nn.Module):
                 kernel_init=nn.initializers.he_normal(),
                 name=f"conv{index}",
             )(x)
-            x = nn.relu(x)
+            x = bitmask.relu(x)
             if index in _OUTPUT_AFTER:
                 outputs.append(x)
         return outputs
@@ -101,11 +103,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     several equal maxima (the gradient is split between them instead of going to one); after a
     ReLU such ties are zeros whose gradient the ReLU discards. The point is speed and memory:
     XLA:CPU lowers `reduce_window`'s backward to a select-and-scatter that materialises int32
-    index arrays of the input's size (several hundred MB per VGG step at 256×512).
+    index arrays of the input's size (several hundred MB per VGG step at 256×512); and the
+    backward pass keeps one bit per input element (`ecgan_jax.bitmask`).
     """
-    b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return bitmask.max_pool_2x2(x)
 
 
 def vgg19_param_shapes() -> dict[str, tuple[int, ...]]:
