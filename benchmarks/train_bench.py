@@ -7,8 +7,9 @@
     python benchmarks/train_bench.py --config=configs/cityscapes.py --dtype=bfloat16   # GPU
 
 Runs in a subprocess so peak RSS (ru_maxrss) belongs to this case. Reports compile time,
-median step time over --repeats steps, images/s, peak host RSS, XLA's FLOP count of the step
-and, on a GPU, device peak memory and model FLOPs utilisation (against --peak_tflops).
+median step time over --repeats steps, images/s, peak host RSS, the RSS after the state is
+made and the step compiled (what the step's own buffers come on top of), XLA's FLOP count of
+the step and, on a GPU, device peak memory and model FLOPs utilisation (against --peak_tflops).
 Perceptual loss uses random VGG19 weights (same cost as real ones).
 """
 
@@ -22,14 +23,26 @@ import subprocess
 import sys
 
 
+def _current_rss_gb():
+    """Resident set size now (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9, 2)
+    except OSError:
+        return None
+
+
 def run(args) -> dict:
+    from ecgan_jax.hostmem import limit_malloc_arenas, release_host_memory
+
+    limit_malloc_arenas()  # as `python -m ecgan_jax.main` does, before JAX starts its threads
     import jax
     from step_timing import compile_step, median_step_seconds
 
     from ecgan_jax.config_lib import apply_override, load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
-    from ecgan_jax.train import build_trainer, release_host_memory
+    from ecgan_jax.train import build_trainer
 
     config = load_config(args.config)
     config.batch_size = args.batch
@@ -50,6 +63,7 @@ def run(args) -> dict:
     compiled, compile_s = compile_step(step, state, batch, vgg_params)
     rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     release_host_memory()  # as the training loop does after compiling
+    rss_before_step = _current_rss_gb()
     temp_gb = None
     try:
         temp_gb = compiled.memory_analysis().temp_size_in_bytes / 1e9
@@ -82,6 +96,7 @@ def run(args) -> dict:
         "images_per_s": round(args.batch / med, 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "peak_rss_after_compile_gb": round(rss_after_compile, 2),
+        "rss_before_first_step_gb": rss_before_step,
         "xla_temp_gb": None if temp_gb is None else round(temp_gb, 2),
         "xla_tflop_per_step": None if flops is None else round(flops / 1e12, 3),
         "backend": jax.default_backend(),
