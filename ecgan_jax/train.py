@@ -121,7 +121,8 @@ class Trainer(NamedTuple):
 
 # Trainers built in this process, newest last: a second `train_and_evaluate` with the same
 # config and devices (a resumed run in a notebook, the tests) reuses the traced and compiled
-# step and initialiser instead of spending ~20 s tracing and loading them again.
+# step instead of spending ~20 s tracing and loading it again (the initialiser is compiled
+# again: `Trainer.init_state` frees it after use).
 _TRAINERS: dict = {}
 _MAX_TRAINERS = 2
 
@@ -208,9 +209,9 @@ def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
     the step's own buffers (`release_host_memory`). With several processes, CPU collectives
     (gloo) give up when a peer has not joined within 30 s, and compile times differ between
     processes (persistent-cache hits, load), so the first step must not start on one process
-    while another is still compiling. The barrier is the coordination
-    service's (a device barrier would itself be a collective); barrier names must be unique,
-    hence the counter. The later call reuses the executable compiled here.
+    while another is still compiling. The barrier is the coordination service's (a device
+    barrier would itself be a collective); barrier names must be unique, hence the counter.
+    The later call reuses the executable compiled here.
     """
     from jax._src import distributed
 

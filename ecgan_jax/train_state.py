@@ -192,8 +192,8 @@ def seed_key(config, seed=None):
 def make_init_fn(config, models: Models, tx_g, tx_d, mesh=None):
     """jit(key -> fresh TrainState), replicated on `mesh` when given.
 
-    Made once per trainer (`train.build_trainer`) so that creating a second state reuses the
-    compiled initialiser instead of tracing and compiling it again.
+    `train.build_trainer` makes it once per trainer (the output shardings need an abstract
+    evaluation of the initialiser); `Trainer.init_state` drops its executable after each use.
     """
 
     def init(rng):
