@@ -250,8 +250,25 @@ def make_train_step(config, models: Models, tx_g, tx_d, schedules=None, vgg=None
     return train_step
 
 
-def jit_train_step(train_step, mesh, state_shardings, vgg_shardings=None):
-    """jit over the mesh: batch sharded on `data`, state replicated and donated."""
+def train_step_compiler_options(config, mesh) -> dict | None:
+    """XLA options for compiling the train step on `mesh` (`config.xla_cpu_fusion_emitters`).
+
+    On CPU meshes with `xla_cpu_fusion_emitters=False` (the default): XLA's LLVM IR emitters
+    for fused ops (`xla_cpu_use_fusion_emitters=False`), which compile the step in less than
+    half the memory and run it slightly faster (BENCHMARKS.md). They are set on this one jit
+    only: the initialiser compiles 4x slower with them (22 -> 86 s at ngf 16). None elsewhere.
+    """
+    on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+    if on_cpu and not config.get("xla_cpu_fusion_emitters", False):
+        return {"xla_cpu_use_fusion_emitters": False}
+    return None
+
+
+def jit_train_step(train_step, mesh, state_shardings, vgg_shardings=None, compiler_options=None):
+    """jit over the mesh: batch sharded on `data`, state replicated and donated.
+
+    `compiler_options`: XLA debug options for this jit (`train_step_compiler_options`).
+    """
     from ecgan_jax.sharding import batch_sharding, replicated
 
     rep = replicated(mesh)
@@ -260,4 +277,5 @@ def jit_train_step(train_step, mesh, state_shardings, vgg_shardings=None):
         in_shardings=(state_shardings, batch_sharding(mesh), vgg_shardings or rep),
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
+        compiler_options=compiler_options,
     )

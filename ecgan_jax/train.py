@@ -30,7 +30,7 @@ from ecgan_jax.hostmem import release_host_memory
 from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.quality import class_colour_error, image_grid
 from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
-from ecgan_jax.steps import jit_train_step, make_train_step
+from ecgan_jax.steps import jit_train_step, make_train_step, train_step_compiler_options
 from ecgan_jax.train_fid import FidTracker, check_fid_config, fid_enabled
 from ecgan_jax.train_state import (
     build_models,
@@ -165,6 +165,7 @@ def _build_trainer(config, mesh, dataset_size: int) -> Trainer:
         mesh,
         state_shardings(abstract, mesh),
         rep if vgg_params is not None else None,
+        compiler_options=train_step_compiler_options(config, mesh),
     )
     init_fn = make_init_fn(config, models, tx_g, tx_d, mesh)
     return Trainer(

@@ -43,3 +43,13 @@ def test_training_cli_sets_the_cpu_memory_scheduler_flag_once():
     empty = {}
     set_cpu_scheduler_flag(empty)
     assert empty["XLA_FLAGS"] == CPU_SCHEDULER_FLAG
+
+
+def test_fusion_emitter_switch_must_be_a_bool():
+    from ecgan_jax.config_lib import validate_config
+
+    c = load_config("configs/cityscapes.py")
+    assert c.xla_cpu_fusion_emitters is False
+    c.xla_cpu_fusion_emitters = None  # (ConfigDict itself refuses a str for a bool)
+    with pytest.raises(ValueError, match="xla_cpu_fusion_emitters.*True, False"):
+        validate_config(c)

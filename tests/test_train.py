@@ -15,7 +15,7 @@ from train_configs import demo_config
 from ecgan_jax.config_lib import load_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
-from ecgan_jax.steps import seed_after
+from ecgan_jax.steps import jit_train_step, seed_after, train_step_compiler_options
 from ecgan_jax.train import NonFiniteLossError, build_trainer, train_and_evaluate
 
 CONFIGS = ("cityscapes", "ade20k", "coco_stuff", "synthetic")
@@ -287,3 +287,39 @@ def test_build_trainer_reuses_an_equal_trainer_and_copies_the_config():
     assert changed is not first and float(changed.config.lr) == float(config.lr)
     assert build_trainer(demo_config(), make_mesh(jax.devices()[2:4]), dataset_size=8) is not first
     assert build_trainer(demo_config(), mesh, dataset_size=16) is not first
+
+
+def test_train_step_compiler_options_reach_xla(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import ecgan_jax.train as train_module
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return jit_train_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "jit_train_step", spy)
+    train_module._build_trainer(demo_config(), make_mesh(jax.devices()[:1]), dataset_size=8)
+    assert seen["compiler_options"] == {"xla_cpu_use_fusion_emitters": False}
+
+    config = demo_config()
+    mesh = make_mesh(jax.devices()[:2])
+    assert train_step_compiler_options(config, mesh) == {"xla_cpu_use_fusion_emitters": False}
+    gpu_mesh = SimpleNamespace(devices=np.array([SimpleNamespace(platform="gpu")]))
+    assert train_step_compiler_options(config, gpu_mesh) is None  # a CPU-only option
+    config.xla_cpu_fusion_emitters = True
+    assert train_step_compiler_options(config, mesh) is None  # XLA's default
+
+    def step(state, batch, vgg_params):
+        return state * 2.0, {"loss": jnp.sum(batch * vgg_params)}
+
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jit_train_step(
+        step, mesh, rep, rep, compiler_options={"xla_cpu_use_fusion_emitters": False}
+    )
+    args = (jnp.ones(3), jnp.ones((2, 3)), jnp.ones(3))
+    jitted.lower(*args).compile(compiler_options={"xla_dump_to": str(tmp_path)})
+    (options,) = tmp_path.glob("*.debug_options")  # the options XLA compiled it with
+    assert "xla_cpu_use_fusion_emitters: false" in options.read_text()
