@@ -5,6 +5,14 @@
 copy), the list of every layer's output: n_layers_D post-LeakyReLU features and, last, the
 patch logit map. Layers 1..n_layers_D-1 are spectral-norm convs without bias followed by
 InstanceNorm(affine=False); the first and last are plain convs with bias. Kernel 4, padding 2.
+
+The first conv is computed as conv(seg, K_seg) + conv(image, K_image), its one kernel split
+on input channels (the parameter is unchanged): equal to the conv of the concatenation, but
+the generator's gradient then flows back into the 3 image channels only. Through the
+concatenation, XLA computed the input gradient of all semantic_nc + 3 channels, and on CPU
+its transposed convolution for that stride-2 layer builds a (pixels, 16·channels) scratch
+matrix outside the step's planned memory: 126 + 32 MB at ngf 16, 128×256, batch 2, about
+0.3 GB at the full Cityscapes config (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,7 +22,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ecgan_jax.models.layers import SpectralConv, avg_pool_exclude_pad, conv, instance_norm
+from ecgan_jax.models.layers import (
+    ConvParams,
+    SpectralConv,
+    apply_conv,
+    avg_pool_exclude_pad,
+    conv,
+    instance_norm,
+)
 
 Dtype = Any
 
@@ -28,12 +43,17 @@ class NLayerDiscriminator(nn.Module):
     conv_impl: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, seg, image, train: bool):
+        """Layer outputs for the input concat(seg, image) (channels last)."""
         lrelu = lambda t: nn.leaky_relu(t, 0.2)
         outs = []
         nf = self.ndf
         kw = dict(dtype=self.dtype, impl=self.conv_impl)
-        x = lrelu(conv(nf, 4, stride=2, padding=2, name="model0", **kw)(x))
+        kernel, bias = ConvParams(nf, 4, 2, 2, name="model0", **kw)(seg.shape[-1] + image.shape[-1])
+        split = seg.shape[-1]  # one conv per input part (module docstring)
+        first = dict(stride=2, padding=2, **kw)
+        x = apply_conv(seg, kernel[:, :, :split], **first)
+        x = lrelu(x + apply_conv(image, kernel[:, :, split:], bias, **first))
         outs.append(x)
         for n in range(1, self.n_layers):
             nf = min(nf * 2, 512)
@@ -63,8 +83,13 @@ class MultiscaleDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, seg, image, train: bool = False):
-        x = jnp.concatenate([seg.astype(self.dtype), image.astype(self.dtype)], axis=-1)
-        if x.ndim != 4 or x.shape[-1] != self.input_nc:
+        seg, image = seg.astype(self.dtype), image.astype(self.dtype)
+        if seg.ndim != 4 or seg.shape[:3] != image.shape[:3]:
+            raise ValueError(
+                f"discriminator inputs seg and image must be NHWC maps of one batch and size, "
+                f"got shapes {tuple(seg.shape)} and {tuple(image.shape)}"
+            )
+        if seg.shape[-1] + image.shape[-1] != self.input_nc:
             raise ValueError(
                 f"discriminator input concat(seg, image) must have {self.input_nc} channels "
                 f"(semantic_nc + 3), got shapes {tuple(seg.shape)} and {tuple(image.shape)}"
@@ -74,7 +99,7 @@ class MultiscaleDiscriminator(nn.Module):
             d = NLayerDiscriminator(
                 self.ndf, self.n_layers, self.dtype, self.conv_impl, name=f"discriminator_{i}"
             )
-            results.append(d(x, train))
-            if i != self.num_D - 1:
-                x = avg_pool_exclude_pad(x)
+            results.append(d(seg, image, train))
+            if i != self.num_D - 1:  # channel-wise, so pooling the parts pools the concatenation
+                seg, image = avg_pool_exclude_pad(seg), avg_pool_exclude_pad(image)
         return results
