@@ -109,28 +109,33 @@ def test_input_channel_error():
 # Values of a tiny D against numpy.
 
 
-def np_conv(x, w_oihw, stride, pad):
-    x = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+def np_conv(x, w_oihw, stride, pad, xp=np):
+    """Conv by shifted windows; float64 numpy, or (xp=jax.numpy) float32 and differentiable."""
+    x = xp.pad(xp.asarray(x, _float(xp)), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     o, _, kh, kw = w_oihw.shape
     b, h, w, _ = x.shape
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    out = np.zeros((b, ho, wo, o))
+    out = 0.0
     for a in range(kh):
         for c in range(kw):
             patch = x[:, a : a + stride * (ho - 1) + 1 : stride][
                 :, :, c : c + stride * (wo - 1) + 1 : stride
             ]
-            out += np.einsum("bhwi,oi->bhwo", patch, w_oihw[:, :, a, c])
+            out = out + xp.einsum("bhwi,oi->bhwo", patch, xp.asarray(w_oihw[:, :, a, c]))
     return out
 
 
-def np_lrelu(x):
-    return np.where(x > 0, x, 0.2 * x)
+def _float(xp):
+    return np.float64 if xp is np else jnp.float32
 
 
-def np_instance_norm(x):
+def np_lrelu(x, xp=np):
+    return xp.where(x > 0, x, 0.2 * x)
+
+
+def np_instance_norm(x, xp=np):
     mean = x.mean(axis=(1, 2), keepdims=True)
-    return (x - mean) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    return (x - mean) / xp.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
 
 
 def np_avg_pool(x):
@@ -180,7 +185,9 @@ def _to_flax(layers):
     return {"params": params, "spectral": spectral}
 
 
-def np_discriminator(layers, x):
+def np_discriminator(layers, x, xp=np, avg_pool=np_avg_pool):
+    """The authors' D on the concatenated input x (eval mode); numpy float64, or with
+    xp=jax.numpy and a jnp `avg_pool` float32 and differentiable."""
     outs = []
     for scale in range(2):
         h, feats = x, []
@@ -188,28 +195,32 @@ def np_discriminator(layers, x):
             w, bias, u, v = layers[scale, n]
             if u is not None:
                 w = w / (u.astype(np.float64) @ w.reshape(w.shape[0], -1) @ v)
-            h = np_conv(h, w, 2 if n < 3 else 1, 2)
+            h = np_conv(h, w, 2 if n < 3 else 1, 2, xp)
             if bias is not None:
-                h = h + bias
+                h = h + xp.asarray(bias)
             if 1 <= n <= 3:
-                h = np_instance_norm(h)
+                h = np_instance_norm(h, xp)
             if n < 4:
-                h = np_lrelu(h)
+                h = np_lrelu(h, xp)
             feats.append(h)
         outs.append(feats)
-        x = np_avg_pool(x)
+        x = avg_pool(x)
     return outs
 
 
-def test_tiny_discriminator_matches_numpy_and_batch_stacking():
+def _tiny_d(seed: int, batch: int):
+    """(flax D with ndf 2, its authors'-layout layers, flax variables, seg, image, rng)."""
     config = load_config("configs/cityscapes.py:smoke")
     config.model.ndf = 2
-    disc = build_discriminator(config)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     layers = _torch_layout_d(rng, 39, 2)
-    variables = _to_flax(layers)
-    seg = rng.normal(size=(4, 13, 18, 36)).astype(np.float32)
-    img = rng.normal(size=(4, 13, 18, 3)).astype(np.float32)
+    seg = rng.normal(size=(batch, 13, 18, 36)).astype(np.float32)
+    img = rng.normal(size=(batch, 13, 18, 3)).astype(np.float32)
+    return build_discriminator(config), layers, _to_flax(layers), seg, img, rng
+
+
+def test_tiny_discriminator_matches_numpy_and_batch_stacking():
+    disc, layers, variables, seg, img, _ = _tiny_d(seed=0, batch=4)
     run = jax.jit(lambda v, s, i: disc.apply(v, s, i, train=False))
     outs = run(variables, seg, img)
     ref = np_discriminator(layers, np.concatenate([seg, img], -1))
@@ -241,50 +252,19 @@ def test_tiny_discriminator_matches_numpy_and_batch_stacking():
     np.testing.assert_allclose(upd["spectral"]["discriminator_0"]["model2"]["u"], u1, atol=1e-5)
 
 
-def _jnp_discriminator(variables, x):
-    """The tiny D on the concatenated input, written directly with lax (eval mode)."""
+def test_image_gradient_equals_the_concatenated_conv_and_skips_the_label_channels():
     from ecgan_jax.models.layers import avg_pool_exclude_pad
 
-    outs = []
-    for scale in range(2):
-        params = variables["params"][f"discriminator_{scale}"]
-        spectral = variables["spectral"].get(f"discriminator_{scale}", {})
-        h = x
-        for n in range(5):
-            w = params[f"model{n}"]["kernel"]
-            if f"model{n}" in spectral:
-                u, v = spectral[f"model{n}"]["u"], spectral[f"model{n}"]["v"]
-                w_mat = jnp.transpose(w, (3, 2, 0, 1)).reshape(w.shape[3], -1)  # torch (O, I·k·k)
-                w = w / (u @ w_mat @ v)
-            stride = 2 if n < 3 else 1
-            h = jax.lax.conv_general_dilated(
-                h, w, (stride, stride), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            if "bias" in params[f"model{n}"]:
-                h = h + params[f"model{n}"]["bias"]
-            if 1 <= n <= 3:
-                mean = h.mean(axis=(1, 2), keepdims=True)
-                h = (h - mean) / jnp.sqrt(h.var(axis=(1, 2), keepdims=True) + 1e-5)
-            if n < 4:
-                h = jnp.where(h > 0, h, 0.2 * h)
-            outs.append(h)
-        x = avg_pool_exclude_pad(x)
-    return outs
+    disc, layers, variables, seg, img, rng = _tiny_d(seed=1, batch=2)
+    seg, img = jnp.asarray(seg), jnp.asarray(img)
 
+    def reference(i):  # the concatenated input, as the authors' D
+        x = jnp.concatenate([seg, i], -1)
+        return np_discriminator(layers, x, xp=jnp, avg_pool=avg_pool_exclude_pad)
 
-def test_image_gradient_equals_the_concatenated_conv_and_skips_the_label_channels():
-    config = load_config("configs/cityscapes.py:smoke")
-    config.model.ndf = 2
-    disc = build_discriminator(config)
-    rng = np.random.default_rng(1)
-    variables = _to_flax(_torch_layout_d(rng, 39, 2))
-    seg = jnp.asarray(rng.normal(size=(2, 13, 18, 36)).astype(np.float32))
-    img = jnp.asarray(rng.normal(size=(2, 13, 18, 3)).astype(np.float32))
     weights = [
-        jnp.asarray(rng.normal(size=(2,) + o.shape[1:]).astype(np.float32))
-        for o in jax.tree_util.tree_leaves(
-            _jnp_discriminator(variables, jnp.concatenate([seg, img], -1))
-        )
+        jnp.asarray(rng.normal(size=o.shape).astype(np.float32))
+        for o in jax.tree_util.tree_leaves(reference(img))
     ]
 
     def loss(outs):
@@ -293,7 +273,7 @@ def test_image_gradient_equals_the_concatenated_conv_and_skips_the_label_channel
         )
 
     ours = jax.jit(jax.grad(lambda i: loss(disc.apply(variables, seg, i, train=False))))
-    ref = jax.grad(lambda i: loss(_jnp_discriminator(variables, jnp.concatenate([seg, i], -1))))
+    ref = jax.grad(lambda i: loss(reference(i)))
     got, want = np.asarray(ours(img)), np.asarray(ref(img))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     assert np.abs(want).max() > 0.1  # a non-degenerate comparison
