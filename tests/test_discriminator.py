@@ -273,7 +273,7 @@ def test_image_gradient_equals_the_concatenated_conv_and_skips_the_label_channel
         )
 
     ours = jax.jit(jax.grad(lambda i: loss(disc.apply(variables, seg, i, train=False))))
-    ref = jax.grad(lambda i: loss(reference(i)))
+    ref = jax.jit(jax.grad(lambda i: loss(reference(i))))
     got, want = np.asarray(ours(img)), np.asarray(ref(img))
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     assert np.abs(want).max() > 0.1  # a non-degenerate comparison
