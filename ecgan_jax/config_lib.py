@@ -113,9 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_devices = -1  # -1: every device of every process; N > 0: the first N (one host)
     # XLA:CPU code generation for the train step only (ignored on GPU/TPU). False compiles its
     # fused elementwise ops with XLA's LLVM IR emitters instead of its newer MLIR fusion
-    # emitters (XLA's default): the compiler's own memory peak drops from 2.4-2.7 to 1.0 GB
-    # (it keeps every MLIR kernel until the end), full Cityscapes batch 1 steps 24.3 -> 22.4 s
-    # (BENCHMARKS.md). True follows XLA's default (and XLA_FLAGS).
+    # emitters (XLA's default): the compiler's own memory peak drops from 2.4-2.7 to 1.0 GB at
+    # ngf 16 (it keeps every MLIR kernel until the end) and the full Cityscapes batch-1 peak
+    # 4.6-4.7 -> 4.5 GB, at the same step time (BENCHMARKS.md). True: XLA's default (XLA_FLAGS).
     c.xla_cpu_fusion_emitters = False
 
     # --- bookkeeping ---

@@ -255,7 +255,7 @@ def train_step_compiler_options(config, mesh) -> dict | None:
 
     On CPU meshes with `xla_cpu_fusion_emitters=False` (the default): XLA's LLVM IR emitters
     for fused ops (`xla_cpu_use_fusion_emitters=False`), which compile the step in less than
-    half the memory and run it slightly faster (BENCHMARKS.md). They are set on this one jit
+    half the memory, to a step as fast (BENCHMARKS.md). They are set on this one jit
     only: the initialiser compiles 4x slower with them (22 -> 86 s at ngf 16). None elsewhere.
     """
     on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)

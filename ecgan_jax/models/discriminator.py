@@ -11,8 +11,9 @@ on input channels (the parameter is unchanged): equal to the conv of the concate
 the generator's gradient then flows back into the 3 image channels only. Through the
 concatenation, XLA computed the input gradient of all semantic_nc + 3 channels, and on CPU
 its transposed convolution for that stride-2 layer builds a (pixels, 16·channels) scratch
-matrix outside the step's planned memory: 126 + 32 MB at ngf 16, 128×256, batch 2, about
-0.3 GB at the full Cityscapes config (BENCHMARKS.md).
+matrix outside the step's planned memory: 126 + 32 MB at ngf 16, 128×256, batch 2 (peak
+1.74 -> 1.66 GB); 0.3 GB at the full Cityscapes config, whose peak falls elsewhere
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
