@@ -99,6 +99,15 @@ def supervised_contrastive_loss(
         )
         / temperature
     )
+    return _loss_from_similarities(sim, va, pos, neg)
+
+
+@jax.checkpoint
+def _loss_from_similarities(sim, va, pos, neg):
+    """The loss from the (N_a, N_c) similarities. Rematerialised: the backward pass keeps only
+    `sim` and the masks and recomputes the exponentials, which XLA otherwise keeps as three
+    more (N_a, N_c) float32 arrays per call (22 MB each for 1024 anchors; the ngf 16 step's
+    temp-buffer peak is in this loss's forward pass, BENCHMARKS.md)."""
     # log Σ_n e^{s_an}, shifted by the (constant, stop-gradient) row max over the negatives;
     # every intermediate is kept finite so that masked rows get a zero, not NaN, gradient.
     neg_sim = jnp.where(neg, sim, -jnp.inf)
