@@ -8,7 +8,10 @@ weight gradient is computed instead as a sum over blocks of output rows of
 `cols(x)ᵀ · dy`: the (k·k·Cin, N) matrix of shifted input windows, built channel-major so
 the product is a plain (K, N)·(N, Cout) matmul, block by block so that memory stays small
 (about `block_pixels` pixels per block). The input gradient and the forward pass are XLA's own.
-The result equals `jax.vjp` of `lax.conv_general_dilated` to float32 rounding.
+For stride-1 layers with fewer output than input channels (SPADE's γ/β convs, the
+generator's up-path convs) the windows are taken of dy instead (`_weight_grad_dy_windows`):
+a smaller matrix, and x is read in place (128 → 32 channels at 128×256, batch 2: 125 → 34 ms
+here). The result equals `jax.vjp` of `lax.conv_general_dilated` to float32 rounding.
 
 `conv2d(x, kernel, stride, padding, impl)` with impl "xla" (plain lax) or "blocked" (this
 custom VJP; 1×1 stride-1 convs become a plain matmul, faster on XLA:CPU in both passes);
@@ -86,6 +89,58 @@ def _weight_grad(x, dy, kernel_shape, stride, padding, block_pixels):
     return acc.reshape(kh, kw, cin, cout)
 
 
+def _weight_grad_dy_windows(x, dy, kernel_shape, padding, block_pixels):
+    """Stride-1 dL/dW from windows of dy instead of x: for layers with fewer outputs than inputs.
+
+    With stride 1, dW[a,c] = Σ_{b,u,v} x[b,u,v]ᵀ · dy[b, u+p-a, v+p-c] (dy zero outside its
+    range), so the window matrix can be built from dy, padded by k-1-p on each side, against
+    the unpadded input: (kh·kw·Cout, N)·(N, Cin). It holds kh·kw·Cout instead of kh·kw·Cin
+    values per pixel (SPADE's γ/β convs: 128 → 32 channels at ngf 16, 4× fewer), x needs
+    neither padding nor a channel-major copy, and the product has the same FLOPs.
+    """
+    kh, kw, cin, cout = kernel_shape
+    b, h, w, _ = x.shape
+    pixels = min(block_pixels, max(1, BLOCK_ELEMENTS // (kh * kw * cout)))
+    rows = max(1, min(h, pixels // max(b * w, 1)))
+    nblocks = -(-h // rows)
+    # Zero rows of x past its end contribute nothing; dy gets k-1-p zero rows/columns around it
+    # (so every tap's window stays in range) and as many more at the bottom as x got.
+    x = jnp.pad(x, ((0, 0), (0, nblocks * rows - h), (0, 0), (0, 0)))
+    ph, pw = kh - 1 - padding, kw - 1 - padding
+    dyp = jnp.pad(dy, ((0, 0), (ph, ph + nblocks * rows - h), (pw, pw), (0, 0)))
+    dyt = jnp.transpose(dyp, (3, 0, 1, 2))  # (Cout, B, H + kh - 1, W + kw - 1)
+    span_r = rows + kh - 1
+
+    def block(acc, i):
+        xs = jax.lax.dynamic_slice_in_dim(x, i * rows, rows, axis=1)
+        ds = jax.lax.dynamic_slice_in_dim(dyt, i * rows, span_r, axis=2)
+        cols = jnp.stack(
+            [
+                jax.lax.slice(
+                    ds, (0, 0, kh - 1 - a, kw - 1 - c), (cout, b, kh - 1 - a + rows, kw - 1 - c + w)
+                )
+                for a in range(kh)
+                for c in range(kw)
+            ],
+            axis=0,
+        )  # (kh·kw, Cout, B, rows, W)
+        g = jnp.matmul(
+            cols.reshape(kh * kw * cout, -1),
+            xs.reshape(-1, cin),
+            preferred_element_type=jnp.float32,
+        )
+        return acc + g, None
+
+    acc, _ = jax.lax.scan(block, jnp.zeros((kh * kw * cout, cin), jnp.float32), jnp.arange(nblocks))
+    return jnp.transpose(acc.reshape(kh, kw, cout, cin), (0, 1, 3, 2))
+
+
+def _use_dy_windows(kernel_shape, stride, padding) -> bool:
+    """Whether `_weight_grad_dy_windows` applies and builds the smaller window matrix."""
+    kh, kw, cin, cout = kernel_shape
+    return stride == 1 and padding <= min(kh, kw) - 1 and cout < cin
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_blocked(x, kernel, stride, padding, block_pixels):
     return _conv(x, kernel, stride, padding)
@@ -99,7 +154,10 @@ def _bwd(stride, padding, block_pixels, res, dy):
     x, kernel = res
     _, input_vjp = jax.vjp(lambda t: _conv(t, kernel, stride, padding), x)
     (dx,) = input_vjp(dy)
-    dw = _weight_grad(x, dy, kernel.shape, stride, padding, block_pixels)
+    if _use_dy_windows(kernel.shape, stride, padding):
+        dw = _weight_grad_dy_windows(x, dy, kernel.shape, padding, block_pixels)
+    else:
+        dw = _weight_grad(x, dy, kernel.shape, stride, padding, block_pixels)
     # dx is released only with dw: the backward pass then finishes each layer (and frees its
     # input and output cotangent) before moving on to the previous one, instead of running
     # the whole dx chain first and keeping every layer's x and dy for the weight gradients
