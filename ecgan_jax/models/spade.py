@@ -5,7 +5,9 @@ and γ, β two 3×3 convs on a shared ReLU(3×3 conv(seg → hidden)). With `rec
 (training only) SPADE and the LeakyReLU after it keep only their input for the backward pass and
 recompute BN, γ and β there (`recompute_in_backward`): at 256×512 that drops five 128-channel
 maps per SPADE from the memory held between the passes, for one more SPADE forward in the
-backward pass. Values and gradients are the same either way. The residual block is
+backward pass; the gradient into x leaves a SPADE only once its conv weight gradients exist
+(`release_after`), so XLA finishes one SPADE's backward pass before recomputing the next.
+Values and gradients are the same either way. The residual block is
 shortcut(x) + conv_1(lrelu(SPADE_1(conv_0(lrelu(SPADE_0(x)))))), spectral norm on conv_0,
 conv_1 and the learned 1×1 shortcut (no bias, no activation), LeakyReLU slope 0.2.
 Submodule names follow the authors' state-dict keys so conversion is a renaming.
@@ -76,7 +78,7 @@ class SPADE(nn.Module):
             mean, var = batch_moments(x)
             return modulate(normalize(x, mean, var, eps, dtype), seg, weights), mean, var
 
-        out, mean, var = recompute_in_backward(spade)(x, seg, weights)
+        out, mean, var = recompute_in_backward(spade, release_after=(2,))(x, seg, weights)
         bn(x, use_running_average=False, moments=(mean, var))  # running statistics only
         return out
 
