@@ -72,7 +72,7 @@ def perceptual_network(config):
         params = vgg_lib.load_vgg19_params(p.weights_path)
         logging.info("perceptual loss: VGG19 weights from %s", p.weights_path)
     elif p.random_weights:
-        params = vgg_lib.random_vgg19_params(jax.random.PRNGKey(int(config.seed) + 17))
+        params = vgg_lib.random_vgg19_params(int(config.seed) + 17)
         logging.warning(
             "perceptual loss uses RANDOMLY INITIALISED VGG19 weights "
             "(config.perceptual.random_weights=True): fine for tests and demos, not for results"

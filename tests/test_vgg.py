@@ -74,10 +74,17 @@ def converted(tmp_path_factory):
 def test_param_layout_and_count():
     shapes = vgg.vgg19_param_shapes()
     assert sum(int(np.prod(s)) for s in shapes.values()) == 12_944_960  # ECGAN_SPEC.md §2.6
-    params = vgg.random_vgg19_params(jax.random.PRNGKey(0))["params"]
+    params = vgg.random_vgg19_params(0)["params"]
     for key, shape in shapes.items():
         layer, leaf = key.split(".")
         assert params[layer][leaf].shape == shape
+        assert params[layer][leaf].dtype == jnp.float32
+    # He-normal kernels: std sqrt(2 / fan_in); zero biases; the same seed gives the same draw.
+    k = np.asarray(params["conv10"]["kernel"])
+    np.testing.assert_allclose(k.std(), np.sqrt(2 / (9 * 128)), rtol=0.02)
+    assert not np.any(np.asarray(params["conv10"]["bias"]))
+    np.testing.assert_array_equal(k, vgg.random_vgg19_params(0)["params"]["conv10"]["kernel"])
+    assert not np.array_equal(k, vgg.random_vgg19_params(1)["params"]["conv10"]["kernel"])
 
 
 def test_converter_round_trip_values(converted):
