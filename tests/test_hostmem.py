@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ecgan_jax import hostmem
 from ecgan_jax.hostmem import limit_malloc_arenas
 
 _GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
@@ -30,6 +31,13 @@ def test_arena_cap_is_set_unless_the_environment_sets_one():
     )
     assert _run(code) == "True"
     assert _run(code, MALLOC_ARENA_MAX="4") == "False"  # the user's setting wins
+
+
+def test_default_arenas_follow_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(hostmem.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert hostmem.default_arenas() == 1
+    monkeypatch.setattr(hostmem.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert hostmem.default_arenas() == 2
 
 
 def test_arena_cap_refuses_nonpositive_counts():
