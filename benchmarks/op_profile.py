@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 
+from peak_buffers import group_of  # noqa: F401 - the same grouping as the memory report
+
 _META = re.compile(r'op_name="([^"]+)"')
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _KIND = re.compile(r"kind=(\w+)")
@@ -82,23 +84,6 @@ def fused_root_opcodes(hlo_text: str) -> dict[str, str]:
             ):
                 ops.add(m.group(1))
     return out
-
-
-def group_of(op_name: str) -> str:
-    """Model part and pass of an instruction, from its op_name metadata."""
-    op = op_name.replace("jit(train_step)/", "")
-    module = "other"
-    for key, name in (
-        ("VGG", "VGG"),
-        ("Discriminator", "D"),
-        ("ProjectionHead", "heads"),
-        ("contrastive", "contrastive"),
-        ("Generator", "G"),
-    ):
-        if key in op:
-            module = name
-            break
-    return f"{module} {'backward' if 'transpose(' in op else 'forward'}"
 
 
 def _thunk_events(trace_dir: str):

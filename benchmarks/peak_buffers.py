@@ -58,13 +58,15 @@ def temp_values(assignment_text: str) -> dict[tuple[str, str], int]:
     return sizes
 
 
-def _group(op_name: str) -> str:
+def group_of(op_name: str) -> str:
+    """Model part and pass of an instruction (G/D/VGG/heads/contrastive, forward/backward)."""
     op = op_name.replace("jit(train_step)/", "")
     module = "other"
     for key, name in (
         ("VGG", "VGG"),
         ("Discriminator", "D"),
         ("ProjectionHead", "heads"),
+        ("contrastive", "contrastive"),
         ("Generator", "G"),
     ):
         if key in op:
@@ -116,7 +118,7 @@ def main() -> None:
     )
     groups = collections.Counter()
     for name, _, _, size in at_peak:
-        groups[_group(ops.get(name, ""))] += size
+        groups[group_of(ops.get(name, ""))] += size
     print("live at the peak by module and pass:")
     for group, size in groups.most_common():
         print(f"  {size / 1e9:.3f} GB  {group}")

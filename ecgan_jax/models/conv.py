@@ -44,15 +44,50 @@ def _conv(x, kernel, stride, padding):
     )
 
 
+def _windows(t, offsets, rows, cols, stride):
+    """Channel-major (C, B, R, W) -> (len(offsets)·C, B·rows·cols): for each (r0, c0) of
+    `offsets` the rows×cols window starting there, every `stride`-th pixel."""
+    c, b = t.shape[:2]
+    taps = [
+        jax.lax.slice(
+            t,
+            (0, 0, r0, c0),
+            (c, b, r0 + (rows - 1) * stride + 1, c0 + (cols - 1) * stride + 1),
+            (1, 1, stride, stride),
+        )
+        for r0, c0 in offsets
+    ]
+    return jnp.stack(taps, axis=0).reshape(len(offsets) * c, -1)
+
+
+def _sum_of_block_products(nblocks, operands, shape):
+    """Σ_i lhs_i · rhs_i over `nblocks` blocks (a scan), with (lhs_i, rhs_i) = operands(i)."""
+
+    def block(acc, i):
+        lhs, rhs = operands(i)
+        return acc + jnp.matmul(lhs, rhs, preferred_element_type=jnp.float32), None
+
+    acc, _ = jax.lax.scan(block, jnp.zeros(shape, jnp.float32), jnp.arange(nblocks))
+    return acc
+
+
+def _block_rows(window_rows, shape, block_pixels):
+    """(rows per block, blocks) over the height of the (B, H, W, C) map the blocks walk.
+
+    A block's window matrix holds window_rows × pixels values: bound that, not just pixels, so
+    wide layers (1024 channels: 9216 window rows) do not build 300 MB blocks.
+    """
+    b, h, w, _ = shape
+    pixels = min(block_pixels, max(1, BLOCK_ELEMENTS // window_rows))
+    rows = max(1, min(h, pixels // max(b * w, 1)))
+    return rows, -(-h // rows)
+
+
 def _weight_grad(x, dy, kernel_shape, stride, padding, block_pixels):
     """dL/dW (HWIO) = Σ_{b,p} window(x)[b,p,(i,j,c)] · dy[b,p,o], blocked over output rows."""
     kh, kw, cin, cout = kernel_shape
     b, ho, wo, _ = dy.shape
-    # A block's window matrix holds kh·kw·Cin × pixels values: bound that, not just pixels, so
-    # wide layers (1024 channels: 9216 rows) do not build 300 MB blocks.
-    pixels = min(block_pixels, max(1, BLOCK_ELEMENTS // (kh * kw * cin)))
-    rows = max(1, min(ho, pixels // max(b * wo, 1)))
-    nblocks = -(-ho // rows)
+    rows, nblocks = _block_rows(kh * kw * cin, dy.shape, block_pixels)
     # Pad so every block reads a full window: zero rows of dy contribute nothing.
     dy = jnp.pad(dy, ((0, 0), (0, nblocks * rows - ho), (0, 0), (0, 0)))
     in_rows = (nblocks * rows - 1) * stride + kh
@@ -60,32 +95,14 @@ def _weight_grad(x, dy, kernel_shape, stride, padding, block_pixels):
     xp = jnp.pad(xp, ((0, 0), (0, max(0, in_rows - xp.shape[1])), (0, 0), (0, 0)))
     xt = jnp.transpose(xp, (3, 0, 1, 2))  # (Cin, B, Hp, Wp): channel-major windows
     span_r = (rows - 1) * stride + kh
-    span_c = (wo - 1) * stride + 1
+    offsets = [(a, c) for a in range(kh) for c in range(kw)]
 
-    def block(acc, i):
+    def operands(i):
         xs = jax.lax.dynamic_slice_in_dim(xt, i * rows * stride, span_r, axis=2)
         ds = jax.lax.dynamic_slice_in_dim(dy, i * rows, rows, axis=1)
-        cols = jnp.stack(
-            [
-                jax.lax.slice(
-                    xs,
-                    (0, 0, a, c),
-                    (cin, b, a + (rows - 1) * stride + 1, c + span_c),
-                    (1, 1, stride, stride),
-                )
-                for a in range(kh)
-                for c in range(kw)
-            ],
-            axis=0,
-        )  # (kh·kw, Cin, B, rows, Wo)
-        g = jnp.matmul(
-            cols.reshape(kh * kw * cin, -1),
-            ds.reshape(-1, cout),
-            preferred_element_type=jnp.float32,
-        )
-        return acc + g, None
+        return _windows(xs, offsets, rows, wo, stride), ds.reshape(-1, cout)
 
-    acc, _ = jax.lax.scan(block, jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.arange(nblocks))
+    acc = _sum_of_block_products(nblocks, operands, (kh * kw * cin, cout))
     return acc.reshape(kh, kw, cin, cout)
 
 
@@ -100,38 +117,21 @@ def _weight_grad_dy_windows(x, dy, kernel_shape, padding, block_pixels):
     """
     kh, kw, cin, cout = kernel_shape
     b, h, w, _ = x.shape
-    pixels = min(block_pixels, max(1, BLOCK_ELEMENTS // (kh * kw * cout)))
-    rows = max(1, min(h, pixels // max(b * w, 1)))
-    nblocks = -(-h // rows)
+    rows, nblocks = _block_rows(kh * kw * cout, x.shape, block_pixels)
     # Zero rows of x past its end contribute nothing; dy gets k-1-p zero rows/columns around it
     # (so every tap's window stays in range) and as many more at the bottom as x got.
     x = jnp.pad(x, ((0, 0), (0, nblocks * rows - h), (0, 0), (0, 0)))
     ph, pw = kh - 1 - padding, kw - 1 - padding
     dyp = jnp.pad(dy, ((0, 0), (ph, ph + nblocks * rows - h), (pw, pw), (0, 0)))
     dyt = jnp.transpose(dyp, (3, 0, 1, 2))  # (Cout, B, H + kh - 1, W + kw - 1)
-    span_r = rows + kh - 1
+    offsets = [(kh - 1 - a, kw - 1 - c) for a in range(kh) for c in range(kw)]
 
-    def block(acc, i):
+    def operands(i):
+        ds = jax.lax.dynamic_slice_in_dim(dyt, i * rows, rows + kh - 1, axis=2)
         xs = jax.lax.dynamic_slice_in_dim(x, i * rows, rows, axis=1)
-        ds = jax.lax.dynamic_slice_in_dim(dyt, i * rows, span_r, axis=2)
-        cols = jnp.stack(
-            [
-                jax.lax.slice(
-                    ds, (0, 0, kh - 1 - a, kw - 1 - c), (cout, b, kh - 1 - a + rows, kw - 1 - c + w)
-                )
-                for a in range(kh)
-                for c in range(kw)
-            ],
-            axis=0,
-        )  # (kh·kw, Cout, B, rows, W)
-        g = jnp.matmul(
-            cols.reshape(kh * kw * cout, -1),
-            xs.reshape(-1, cin),
-            preferred_element_type=jnp.float32,
-        )
-        return acc + g, None
+        return _windows(ds, offsets, rows, w, 1), xs.reshape(-1, cin)
 
-    acc, _ = jax.lax.scan(block, jnp.zeros((kh * kw * cout, cin), jnp.float32), jnp.arange(nblocks))
+    acc = _sum_of_block_products(nblocks, operands, (kh * kw * cout, cin))
     return jnp.transpose(acc.reshape(kh, kw, cout, cin), (0, 1, 3, 2))
 
 
