@@ -27,6 +27,7 @@ import optax
 
 from ecgan_jax import losses as L
 from ecgan_jax.models.encoding import contrastive_labels, encode_labels, num_contrastive_classes
+from ecgan_jax.recompute import recompute_in_backward
 from ecgan_jax.train_state import Models, TrainState
 
 FAKE_NAMES = ("first", "edge", "final")  # I′, I′_e, I″ in the order of config.loss_weights
@@ -146,8 +147,16 @@ def make_train_step(config, models: Models, tx_g, tx_d, schedules=None, vgg=None
             aux = None
             if use_cl:
                 labels = contrastive_labels(batch["label"], config)
+                # The heads run on every pixel (65536 × 128 floats at 128×256, batch 2): they
+                # keep only their input for the backward pass and recompute there, and the
+                # feature gradient waits for their weight gradients, so the 128-wide
+                # cotangent dies at once (ngf 16: XLA temp 0.61 -> 0.55 GB, peak RSS 1.59 ->
+                # 1.53 GB, same step time; BENCHMARKS.md).
                 embeddings = [
-                    models.heads[layer].apply({"params": g_params["heads"][layer]}, feats[layer])
+                    recompute_in_backward(
+                        lambda p, f, head=models.heads[layer]: head.apply({"params": p}, f),
+                        release_after=(0,),
+                    )(g_params["heads"][layer], feats[layer])
                     for layer in cl.layers
                 ]
                 l_cl, aux = L.multiscale_contrastive_loss(
