@@ -29,11 +29,10 @@ import subprocess
 import sys
 import tempfile
 
-from peak_buffers import group_of  # noqa: F401 - the same grouping as the memory report
+from peak_buffers import group_of  # the same grouping as the memory report
 
 _META = re.compile(r'op_name="([^"]+)"')
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
-_KIND = re.compile(r"kind=(\w+)")
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict]:
@@ -46,13 +45,11 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict]:
         name, shape, opcode = m.groups()
         meta = _META.search(line)
         calls = _CALLS.search(line)
-        kind = _KIND.search(line)
         out[name] = {
             "opcode": opcode,
             "shape": shape[:80],
             "op_name": meta.group(1) if meta else "",
             "calls": calls.group(1) if calls else None,
-            "kind": kind.group(1) if kind else None,
         }
     return out
 

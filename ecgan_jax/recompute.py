@@ -26,14 +26,6 @@ def recompute_in_backward(f, release_after: tuple[int, ...] = ()):
     grew 0.61 -> 0.71 GB; with the tie it is 0.61 GB again (BENCHMARKS.md).
     """
 
-    def tie_to(zero):
-        def tie(a):
-            if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating):
-                return a + jnp.asarray(zero).astype(a.dtype)
-            return a
-
-        return tie
-
     @jax.custom_vjp
     def g(*args):
         return f(*args)
@@ -42,29 +34,34 @@ def recompute_in_backward(f, release_after: tuple[int, ...] = ()):
         return f(*args), args
 
     def bwd(args, cotangent):
-        floating = [
-            c
-            for c in jax.tree_util.tree_leaves(cotangent)
-            if hasattr(c, "dtype") and jnp.issubdtype(c.dtype, jnp.floating) and c.size
-        ]
-        zero = floating[0].reshape(-1)[0].astype(jnp.float32) * 0.0 if floating else 0.0
-
-        tie = tie_to(zero)
-
-        grads = jax.vjp(f, *jax.tree_util.tree_map(tie, args))[1](cotangent)
+        # Recompute only once the cotangent exists: tie the inputs to its first element.
+        zero = _zero_after(_floating_leaves(cotangent)[:1])
+        grads = jax.vjp(f, *_tie(args, zero))[1](cotangent)
         if not release_after:
             return grads
-        leaves = [
-            g
-            for i in release_after
-            for g in jax.tree_util.tree_leaves(grads[i])
-            if hasattr(g, "dtype") and jnp.issubdtype(g.dtype, jnp.floating) and g.size
-        ]
-        done = sum(g.reshape(-1)[0].astype(jnp.float32) for g in leaves) * 0.0
-        return tuple(
-            g if i in release_after else jax.tree_util.tree_map(tie_to(done), g)
-            for i, g in enumerate(grads)
-        )
+        done = _zero_after([x for i in release_after for x in _floating_leaves(grads[i])])
+        return tuple(g if i in release_after else _tie(g, done) for i, g in enumerate(grads))
 
     g.defvjp(fwd, bwd)
     return g
+
+
+def _is_floating(x) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _floating_leaves(tree) -> list:
+    return [x for x in jax.tree_util.tree_leaves(tree) if _is_floating(x) and x.size]
+
+
+def _zero_after(leaves):
+    """0 that XLA can compute only after every array of `leaves`: 0·Σ their first elements."""
+    return sum(x.reshape(-1)[0].astype(jnp.float32) for x in leaves) * 0.0
+
+
+def _tie(tree, zero):
+    """`tree` with `zero` added to its floating leaves (integer/key leaves unchanged)."""
+    zero = jnp.asarray(zero)
+    return jax.tree_util.tree_map(
+        lambda a: a + zero.astype(a.dtype) if _is_floating(a) else a, tree
+    )
