@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.models.conv import conv2d
+from ecgan_jax.xla_cpu.conv import conv2d
 
 CASES = [  # batch, H, W, Cin, Cout, k, stride, pad
     (1, 256, 512, 128, 64, 3, 1, 1),

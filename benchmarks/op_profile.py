@@ -110,7 +110,7 @@ def thunk_seconds(run_once, instrs: dict, steps: int) -> collections.Counter:
 
 
 def run(args) -> None:
-    from ecgan_jax.hostmem import limit_malloc_arenas
+    from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas
 
     limit_malloc_arenas()
     import jax
@@ -119,7 +119,7 @@ def run(args) -> None:
     from ecgan_jax.config_lib import apply_override, load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
-    from ecgan_jax.train import build_trainer
+    from ecgan_jax.training.loop import build_trainer
 
     config = load_config(args.config)
     config.batch_size = args.batch
@@ -194,7 +194,7 @@ def main() -> None:
         run(a)
         return
     env = dict(os.environ)
-    from ecgan_jax.main import set_cpu_scheduler_flag
+    from ecgan_jax.cli.train import set_cpu_scheduler_flag
 
     set_cpu_scheduler_flag(env)  # as `python -m ecgan_jax.main` does
     raise SystemExit(

@@ -25,7 +25,7 @@ from step_timing import compile_step
 from ecgan_jax.config_lib import apply_override, load_config, validate_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
-from ecgan_jax.train import build_trainer
+from ecgan_jax.training.loop import build_trainer
 
 _DEF = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*)$")
 

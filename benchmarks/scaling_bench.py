@@ -38,7 +38,7 @@ def main() -> None:
     from ecgan_jax.config_lib import load_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
-    from ecgan_jax.train import build_trainer
+    from ecgan_jax.training.loop import build_trainer
 
     if max(counts) > jax.device_count():
         raise SystemExit(

@@ -33,7 +33,7 @@ def _current_rss_gb():
 
 
 def run(args) -> dict:
-    from ecgan_jax.hostmem import limit_malloc_arenas, release_host_memory
+    from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas, release_host_memory
 
     limit_malloc_arenas()  # as `python -m ecgan_jax.main` does, before JAX starts its threads
     import jax
@@ -42,7 +42,7 @@ def run(args) -> dict:
     from ecgan_jax.config_lib import apply_override, load_config, validate_config
     from ecgan_jax.data.pseudo import pseudo_batch
     from ecgan_jax.sharding import global_batch, make_mesh
-    from ecgan_jax.train import build_trainer
+    from ecgan_jax.training.loop import build_trainer
 
     config = load_config(args.config)
     config.batch_size = args.batch
@@ -138,7 +138,7 @@ def main() -> None:
     cmd = [sys.executable, __file__, "--_child", *sys.argv[1:]]
     env = dict(os.environ)
     if not a.xla_default_scheduler:
-        from ecgan_jax.main import set_cpu_scheduler_flag
+        from ecgan_jax.cli.train import set_cpu_scheduler_flag
 
         set_cpu_scheduler_flag(env)  # as `python -m ecgan_jax.main` does
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -62,11 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_D = 2
     m.n_layers_D = 4
     m.dtype = "float32"  # activation dtype: float32 or bfloat16 (params stay float32)
-    # Conv weight-gradient path (models/conv.py): "auto" = "blocked" on CPU (about 3x faster
+    # Conv weight-gradient path (xla_cpu/conv.py): "auto" = "blocked" on CPU (about 3x faster
     # backward at 256x512 on XLA:CPU), "xla" on GPU/TPU; same numbers either way.
     m.conv_impl = "auto"
     # SPADE layers keep only their input for the backward pass and recompute BN, gamma, beta
-    # there (ecgan_jax/recompute.py): full Cityscapes config on CPU, batch 1: peak 5.87 -> 5.19
+    # there (ecgan_jax/xla_cpu/recompute.py): full Cityscapes config on CPU, batch 1: peak
+    # 5.87 -> 5.19
     # GB for about 7% more step time (BENCHMARKS.md). Same values either way.
     m.spade_recompute = True
 

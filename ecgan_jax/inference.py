@@ -38,8 +38,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ecgan_jax import config_lib
+from ecgan_jax.eval.quality import to_uint8
 from ecgan_jax.models.encoding import encode_labels_typed
-from ecgan_jax.quality import to_uint8
 
 __all__ = [
     "CheckpointRef",
@@ -159,7 +159,7 @@ class LoadedGenerator:
 
 def abstract_train_state(config):
     """`jax.eval_shape` of the config's fresh `TrainState` (no data, no compute)."""
-    from ecgan_jax.train_state import build_models, create_train_state, make_optimizers
+    from ecgan_jax.training.state import build_models, create_train_state, make_optimizers
 
     models = build_models(config)
     # The dataset size only shapes the lr schedule, never the state's tree structure.
@@ -196,7 +196,7 @@ def restore_generator(
     ref = resolve_checkpoint(workdir, checkpoint)
     generator = build_generator(config)
     if ref.kind == "converted":
-        from ecgan_jax.convert import load_converted
+        from ecgan_jax.interop.authors import load_converted
 
         tree = load_converted(ref.path)
         if "generator" not in tree:

@@ -109,7 +109,7 @@ def main(workdir: str, out: str) -> None:
 
     # The settings of tests/conftest.py, so that both runs compile the same way.
     jax.config.update("jax_disable_most_optimizations", True)
-    from ecgan_jax.main import initialize_distributed
+    from ecgan_jax.cli.train import initialize_distributed
 
     initialize_distributed("auto")
     assert jax.process_count() == 2 and jax.device_count() == 4, (
@@ -117,7 +117,7 @@ def main(workdir: str, out: str) -> None:
         jax.devices(),
     )
     recorded = record_scalars(setattr)
-    from ecgan_jax.train import train_and_evaluate
+    from ecgan_jax.training.loop import train_and_evaluate
 
     state = train_and_evaluate(multiprocess_config(), workdir)
     arrays = {**state_arrays(state), **metric_arrays(recorded)}

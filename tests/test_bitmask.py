@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax import bitmask
+from ecgan_jax.xla_cpu import bitmask
 
 
 def _plain_pool(x):

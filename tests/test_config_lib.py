@@ -31,7 +31,7 @@ def test_bad_override_names_the_key(assignment, error, match):
 
 
 def test_training_cli_sets_the_cpu_memory_scheduler_flag_once():
-    from ecgan_jax.main import CPU_SCHEDULER_FLAG, set_cpu_scheduler_flag
+    from ecgan_jax.cli.train import CPU_SCHEDULER_FLAG, set_cpu_scheduler_flag
 
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     set_cpu_scheduler_flag(env)

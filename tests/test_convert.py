@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax import convert
+from ecgan_jax.cli import convert as convert_cli
 from ecgan_jax.config_lib import load_config
+from ecgan_jax.interop import authors as convert
 from ecgan_jax.models.layers import SpectralConv
 
 NGF, NDF, HIDDEN, LABEL_NC = 2, 2, 8, 5
@@ -331,7 +332,7 @@ def test_cli_npz_to_orbax_round_trip(tiny, tmp_path, capsys):
     np.savez(tmp_path / "G.npz", **g_sd)
     np.savez(tmp_path / "D.npz", **d_sd)
     out = tmp_path / "converted"
-    convert.main(
+    convert_cli.main(
         [
             f"--config={cfg_path}",
             f"--generator={tmp_path / 'G.npz'}",
@@ -365,7 +366,7 @@ def test_cli_pth_round_trip(tiny, tmp_path):
     g_sd = synthetic_generator_state(s, LABEL_NC)
     torch.save({k: torch.from_numpy(v) for k, v in g_sd.items()}, tmp_path / "latest_net_G.pth")
     out = tmp_path / "converted"
-    convert.main(
+    convert_cli.main(
         [
             "--config",
             cfg_path,
@@ -403,7 +404,9 @@ def test_pth_with_pickled_object_is_refused(tiny, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         convert.read_state_dict(str(path))
     with pytest.raises(pickle.UnpicklingError):
-        convert.main(["--config", cfg_path, "--generator", str(path), "--out", str(tmp_path / "o")])
+        convert_cli.main(
+            ["--config", cfg_path, "--generator", str(path), "--out", str(tmp_path / "o")]
+        )
     assert not os.path.exists(marker)
     assert not os.path.exists(tmp_path / "o")
     # The payload is live: a plain (unsafe) torch.load would have run it.

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecgan_jax import config_lib, evaluate, generate, inference
-from ecgan_jax import state_dict as sd_lib
-from ecgan_jax.checkpointing import Checkpointer
+from ecgan_jax import config_lib, inference
+from ecgan_jax.cli import evaluate, generate
 from ecgan_jax.eval import drn, fid, inception
+from ecgan_jax.eval.quality import to_uint8
+from ecgan_jax.interop import state_dict as sd_lib
 from ecgan_jax.models.encoding import encode_labels
-from ecgan_jax.quality import to_uint8
-from ecgan_jax.train_state import build_models, create_train_state, make_optimizers
+from ecgan_jax.training.checkpointing import Checkpointer
+from ecgan_jax.training.state import build_models, create_train_state, make_optimizers
 
 CONFIG = "configs/synthetic.py:smoke"
 # One worker runs this module, so the module fixture (a compiled initialiser) is made once.
@@ -116,7 +117,7 @@ def test_generate_matches_in_process_generator(run, tmp_path):
     assert sorted(os.listdir(raw_out)) == [f"{s}.png" for s in stems]
 
     # A converted checkpoint directory (python -m ecgan_jax.convert's layout) is recognised.
-    from ecgan_jax.convert import save_converted
+    from ecgan_jax.interop.authors import save_converted
 
     conv = tmp_path / "converted"
     save_converted(str(conv), {"params": state.g_params["generator"], **state.g_stats})
@@ -238,7 +239,7 @@ def test_errors_name_the_file_and_the_fix(run, tmp_path):
         generate.main([*base, f"--workdir={workdir}", "--checkpoint=7"])
 
     # Checkpoint references: a step directory, a checkpoints directory, a converted directory.
-    from ecgan_jax.convert import save_converted
+    from ecgan_jax.interop.authors import save_converted
 
     step_dir = os.path.join(workdir, "checkpoints", "0")
     for ref in (inference.resolve_checkpoint(checkpoint=step_dir),

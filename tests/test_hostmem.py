@@ -1,4 +1,4 @@
-"""ecgan_jax.hostmem: the malloc arena cap and the trim, each in a fresh interpreter."""
+"""ecgan_jax.xla_cpu.hostmem: the malloc arena cap and the trim, each in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ecgan_jax import hostmem
-from ecgan_jax.hostmem import limit_malloc_arenas
+from ecgan_jax.xla_cpu import hostmem
+from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas
 
 _GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
 
@@ -26,7 +26,7 @@ def _run(code: str, **env) -> str:
 @pytest.mark.skipif(not _GLIBC, reason="mallopt/malloc_trim are glibc's")
 def test_arena_cap_is_set_unless_the_environment_sets_one():
     code = (
-        "from ecgan_jax.hostmem import limit_malloc_arenas, release_host_memory\n"
+        "from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas, release_host_memory\n"
         "print(limit_malloc_arenas()); release_host_memory()"
     )
     assert _run(code) == "True"
@@ -47,7 +47,7 @@ def test_arena_cap_refuses_nonpositive_counts():
 
 def test_main_caps_arenas_before_jax_is_imported():
     code = (
-        "import sys, ecgan_jax.hostmem as h\n"
+        "import sys, ecgan_jax.xla_cpu.hostmem as h\n"
         "calls = []\n"
         "h.limit_malloc_arenas = lambda: calls.append('jax' in sys.modules)\n"
         "import ecgan_jax.main\n"

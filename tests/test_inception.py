@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax import state_dict
+from ecgan_jax.interop import state_dict
 from ecgan_jax.eval import inception
 
 # (name, cin, cout, (kh, kw), stride, (ph, pw)) of every BasicConv2d, per block type.

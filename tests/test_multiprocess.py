@@ -84,7 +84,7 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch):
     try:
         # The single-process reference runs meanwhile (compilation overlaps).
         from ecgan_jax import data as data_lib
-        from ecgan_jax.train import train_and_evaluate
+        from ecgan_jax.training.loop import train_and_evaluate
 
         recorded = worker.record_scalars(monkeypatch.setattr)
         monkeypatch.setattr(
@@ -153,9 +153,9 @@ def test_two_processes_train_like_one(tmp_path, monkeypatch):
 
 
 def _check_restore(config, workdir, expected):
-    from ecgan_jax.checkpointing import Checkpointer, abstract_with_shardings
     from ecgan_jax.sharding import make_mesh, replicated
-    from ecgan_jax.train_state import build_models, create_train_state, make_optimizers
+    from ecgan_jax.training.checkpointing import Checkpointer, abstract_with_shardings
+    from ecgan_jax.training.state import build_models, create_train_state, make_optimizers
 
     models = build_models(config)
     tx_g, tx_d, _ = make_optimizers(config, dataset_size=int(config.dataset.synthetic_num_images))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ecgan_jax.config_lib import load_config
-from ecgan_jax.convert import torch_discriminator_to_flax, torch_generator_to_flax
+from ecgan_jax.interop.authors import torch_discriminator_to_flax, torch_generator_to_flax
 from ecgan_jax.models import build_discriminator, build_generator, encode_labels
 
 pytestmark = pytest.mark.fixtures

@@ -1,4 +1,4 @@
-"""`recompute_in_backward` (ecgan_jax/recompute.py) and SPADE's recomputing backward pass."""
+"""`recompute_in_backward` (ecgan_jax/xla_cpu/recompute.py) and SPADE's recomputed backward."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.models.conv import conv2d
-from ecgan_jax.recompute import recompute_in_backward
+from ecgan_jax.xla_cpu.conv import conv2d
+from ecgan_jax.xla_cpu.recompute import recompute_in_backward
 
 
 def _block(x, w1, w2, labels):

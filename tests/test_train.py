@@ -15,8 +15,8 @@ from train_configs import demo_config
 from ecgan_jax.config_lib import load_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
-from ecgan_jax.steps import jit_train_step, seed_after, train_step_compiler_options
-from ecgan_jax.train import NonFiniteLossError, build_trainer, train_and_evaluate
+from ecgan_jax.training.loop import NonFiniteLossError, build_trainer, train_and_evaluate
+from ecgan_jax.training.step import jit_train_step, seed_after, train_step_compiler_options
 
 CONFIGS = ("cityscapes", "ade20k", "coco_stuff", "synthetic")
 
@@ -160,7 +160,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     # The data position saved with step 4 is the same in both runs.
     import orbax.checkpoint as ocp
 
-    from ecgan_jax.checkpointing import Checkpointer
+    from ecgan_jax.training.checkpointing import Checkpointer
 
     def data_state(workdir):
         ckpt = Checkpointer(str(workdir), every=1, keep=0)
@@ -292,7 +292,7 @@ def test_build_trainer_reuses_an_equal_trainer_and_copies_the_config():
 def test_train_step_compiler_options_reach_xla(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import ecgan_jax.train as train_module
+    import ecgan_jax.training.loop as train_module
 
     seen = {}
 

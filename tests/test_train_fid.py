@@ -16,11 +16,11 @@ import pytest
 from train_configs import demo_config
 
 from ecgan_jax import config_lib, inference
-from ecgan_jax import state_dict as sd_lib
 from ecgan_jax.eval import fid, inception
-from ecgan_jax.train import train_and_evaluate
-from ecgan_jax.train_fid import BEST_DIR, BEST_JSON, FidTracker, check_fid_config
-from ecgan_jax.train_state import build_models
+from ecgan_jax.interop import state_dict as sd_lib
+from ecgan_jax.training.fid_tracker import BEST_DIR, BEST_JSON, FidTracker, check_fid_config
+from ecgan_jax.training.loop import train_and_evaluate
+from ecgan_jax.training.state import build_models
 
 
 @pytest.fixture(scope="module")

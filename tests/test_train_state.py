@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import optax
 
-from ecgan_jax.train_state import adam
+from ecgan_jax.training.state import adam
 
 
 def test_adam_without_first_moment_is_bit_identical_to_optax_adam():

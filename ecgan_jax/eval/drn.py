@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax import state_dict as sd_lib
 from ecgan_jax.eval.segmentation import Segmenter
+from ecgan_jax.interop import state_dict as sd_lib
 
 FORMAT = "ecgan_jax/drn_d_105_seg/v1"
 CITYSCAPES_MEAN = (0.29010095242892997, 0.32808144844279574, 0.28696394422942517)

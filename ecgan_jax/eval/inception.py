@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax import state_dict as sd_lib
+from ecgan_jax.interop import state_dict as sd_lib
 
 FORMAT = "ecgan_jax/inception_v3_fid/v1"
 FID_INPUT_SIZE = 299

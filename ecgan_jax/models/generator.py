@@ -44,7 +44,7 @@ class Generator(nn.Module):
     num_upsampling_layers: str = "normal"
     spade_hidden: int = 128
     dtype: Dtype = jnp.float32
-    conv_impl: str | None = None  # weight-gradient path, see models/conv.py (None = auto)
+    conv_impl: str | None = None  # weight-gradient path, see xla_cpu/conv.py (None = auto)
     spade_recompute: bool = False
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:

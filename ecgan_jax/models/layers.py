@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.models.conv import conv2d
+from ecgan_jax.xla_cpu.conv import conv2d
 
 Dtype = Any
 
@@ -70,7 +70,7 @@ def upsample2x(x: jax.Array) -> jax.Array:
 class Conv2d(nn.Module):
     """nn.Conv2d (symmetric padding) with Xavier-normal(0.02) init; params `kernel` (HWIO)
     and `bias`, as flax's nn.Conv names them. `impl` picks the weight-gradient path
-    (`ecgan_jax.models.conv`: None = auto, "xla", "blocked")."""
+    (`ecgan_jax.xla_cpu.conv`: None = auto, "xla", "blocked")."""
 
     features: int
     kernel_size: int = 3

@@ -30,7 +30,7 @@ from ecgan_jax.models.layers import (
     nearest_resize,
     normalize,
 )
-from ecgan_jax.recompute import recompute_in_backward
+from ecgan_jax.xla_cpu.recompute import recompute_in_backward
 
 Dtype = Any
 

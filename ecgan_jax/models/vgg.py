@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax import bitmask
+from ecgan_jax.xla_cpu import bitmask
 
 # (torchvision index N in vgg19.features, in channels, out channels) of each 3×3 conv in [0:30].
 VGG19_CONVS = (
@@ -186,7 +186,7 @@ def torchvision_to_flat(state_dict: Mapping[str, np.ndarray], *, source: str = "
 
 def read_torchvision_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a torchvision vgg19 state dict from `.pth` (needs torch) or `.npz` (same keys)."""
-    from ecgan_jax.state_dict import read_state_dict
+    from ecgan_jax.interop.state_dict import read_state_dict
 
     return read_state_dict(path)
 

@@ -34,9 +34,9 @@ from etils import epath
 from jax.sharding import Mesh
 
 from ecgan_jax import inference
-from ecgan_jax.checkpointing import Checkpointer
 from ecgan_jax.eval import fid as fid_lib
 from ecgan_jax.eval.inception import CONVERT_COMMAND, load_inception
+from ecgan_jax.training.checkpointing import Checkpointer
 
 BEST_DIR = "best"
 BEST_JSON = "best_fid.json"

@@ -4,7 +4,7 @@ Both matter on CPU, where the train step's peak RSS is what limits the batch siz
 imports JAX: `limit_malloc_arenas` must run before JAX starts its thread pools (each thread
 that allocates gets an arena of its own, and memory freed in one arena is not reused by the
 others), so `python -m ecgan_jax.main` calls it first thing; a user driving
-`ecgan_jax.train.train_and_evaluate` from their own Python can call it before importing JAX,
+`ecgan_jax.training.train_and_evaluate` from their own Python can call it before importing JAX,
 or set `MALLOC_ARENA_MAX` in the environment. On other C libraries both are no-ops.
 """
 

@@ -1,11 +1,11 @@
-"""The blocked weight-gradient convolution equals XLA's convolution VJP (models/conv.py)."""
+"""The blocked weight-gradient convolution equals XLA's convolution VJP (xla_cpu/conv.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax.models.conv import conv2d, default_impl
+from ecgan_jax.xla_cpu.conv import conv2d, default_impl
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_blocked_gradients_equal_xla(batch, h, w, cin, cout, k, stride, pad, blo
 )
 def test_weight_gradient_against_numpy(k, cin, cout, s, p):
     """dW[i,j,c,o] = Σ_{b,y,x} xpad[b, y*s+i, x*s+j, c] · dy[b,y,x,o], written as loops."""
-    from ecgan_jax.models.conv import _use_dy_windows
+    from ecgan_jax.xla_cpu.conv import _use_dy_windows
 
     assert _use_dy_windows((k, k, cin, cout), s, p) == (s == 1 and cout < cin)
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_wide_layers_use_smaller_blocks_with_the_same_gradient(monkeypatch, cin,
     # BLOCK_ELEMENTS caps kh·kw·C × pixels per block (C the windowed side's channels); a tiny
     # cap forces one row per block here (9·4 = 36 window rows × 11 pixels > 64), which must not
     # change the result.
-    from ecgan_jax.models import conv as conv_mod
+    from ecgan_jax.xla_cpu import conv as conv_mod
 
     x = jax.random.normal(jax.random.key(0), (1, 9, 11, cin))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, cout))

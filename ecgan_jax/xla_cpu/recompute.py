@@ -21,7 +21,7 @@ def recompute_in_backward(f, release_after: tuple[int, ...] = ()):
     `release_after`: positions of `args` (a layer's weights, say) whose cotangents the others
     wait for, by the same `+ 0·element` tie. Without it the input's cotangent can run ahead
     down the network while the weight gradients, and the recomputed activations they read,
-    wait: at ngf 16 (SPADE's γ/β weight gradients from windows of dy, `models/conv.py`) XLA
+    wait: at ngf 16 (SPADE's γ/β weight gradients from windows of dy, `xla_cpu/conv.py`) XLA
     recomputed three SPADE layers of a block before finishing the first, and its temp buffer
     grew 0.61 -> 0.71 GB; with the tie it is 0.61 GB again (BENCHMARKS.md).
     """

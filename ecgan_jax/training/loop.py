@@ -25,14 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecgan_jax import config_lib
-from ecgan_jax.checkpointing import Checkpointer, abstract_with_shardings
-from ecgan_jax.hostmem import release_host_memory
+from ecgan_jax.eval.quality import class_colour_error, image_grid
 from ecgan_jax.models.encoding import encode_labels
-from ecgan_jax.quality import class_colour_error, image_grid
 from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
-from ecgan_jax.steps import jit_train_step, make_train_step, train_step_compiler_options
-from ecgan_jax.train_fid import FidTracker, check_fid_config, fid_enabled
-from ecgan_jax.train_state import (
+from ecgan_jax.training.checkpointing import Checkpointer, abstract_with_shardings
+from ecgan_jax.training.fid_tracker import FidTracker, check_fid_config, fid_enabled
+from ecgan_jax.training.state import (
     build_models,
     create_train_state,
     make_init_fn,
@@ -42,6 +40,8 @@ from ecgan_jax.train_state import (
     state_shardings,
     total_steps,
 )
+from ecgan_jax.training.step import jit_train_step, make_train_step, train_step_compiler_options
+from ecgan_jax.xla_cpu.hostmem import release_host_memory
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -27,8 +27,8 @@ import optax
 
 from ecgan_jax import losses as L
 from ecgan_jax.models.encoding import contrastive_labels, encode_labels, num_contrastive_classes
-from ecgan_jax.recompute import recompute_in_backward
-from ecgan_jax.train_state import Models, TrainState
+from ecgan_jax.training.state import Models, TrainState
+from ecgan_jax.xla_cpu.recompute import recompute_in_backward
 
 FAKE_NAMES = ("first", "edge", "final")  # I′, I′_e, I″ in the order of config.loss_weights
 
