@@ -18,6 +18,7 @@ import pytest
 
 from ecgan_jax.cli import convert as convert_cli
 from ecgan_jax.config_lib import load_config
+from ecgan_jax.data.fake_trees import snapshot
 from ecgan_jax.interop import authors as convert
 from ecgan_jax.models.layers import SpectralConv
 
@@ -416,3 +417,97 @@ def test_pth_with_pickled_object_is_refused(tiny, tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         convert.read_state_dict(str(tmp_path / "tensor.pth"))
+
+
+# --- the output folder: never replaced silently, never another folder (issue 16) ---
+
+
+def _refused(argv, capsys, tree, *, says):
+    """Runs the CLI expecting exit status 2, one stderr line containing `says`, `tree` intact."""
+    before = snapshot(tree)
+    with pytest.raises(SystemExit) as e:
+        convert_cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert snapshot(tree) == before
+    return err
+
+
+def test_cli_out_is_refused_unless_it_is_its_own_checkpoint(tiny, tmp_path, capsys):
+    cfg_path, config, s = tiny
+    g_sd = synthetic_generator_state(s, LABEL_NC)
+    g_path = tmp_path / "G.npz"
+    np.savez(g_path, **g_sd)
+    base = [f"--config={cfg_path}", f"--generator={g_path}"]
+
+    # Somebody's folder: refused with and without --overwrite, not a byte changed.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    err = _refused([*base, f"--out={mine}"], capsys, tmp_path, says=str(mine))
+    assert "--overwrite" in err
+    _refused([*base, f"--out={mine}", "--overwrite"], capsys, tmp_path,
+             says="not a checkpoint written by python -m ecgan_jax.convert")  # fmt: skip
+    # A file (here the input itself) and the folder that holds the input.
+    _refused([*base, f"--out={g_path}", "--overwrite"], capsys, tmp_path, says="is a file")
+    _refused([*base, f"--out={tmp_path}", "--overwrite"], capsys, tmp_path,
+             says=f"tiny_instance.py, {g_path}")  # fmt: skip
+
+    # A fresh --out is written; then it is refused without --overwrite.
+    out = tmp_path / "converted"
+    convert_cli.main([*base, f"--out={out}"])
+    capsys.readouterr()
+    first = snapshot(out)
+    assert convert.MARKER in first
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["G.npz", "converted", "mine", "tiny_instance.py"]
+    )
+    _refused([*base, f"--out={out}"], capsys, tmp_path, says="already exists")
+
+    # --overwrite replaces this command's checkpoint, through a temporary sibling.
+    g2 = {k: v + 1 if v.dtype == np.float32 else v for k, v in g_sd.items()}
+    np.savez(g_path, **g2)
+    convert_cli.main([*base, f"--out={out}", "--overwrite"])
+    capsys.readouterr()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["G.npz", "converted", "mine", "tiny_instance.py"]
+    )
+    assert snapshot(out) != first
+    _check_leaves_equal_source(convert.load_converted(str(out))["generator"], g2)
+
+    # ... but not once it holds a file this command did not write, or one of the inputs.
+    (out / "README").write_text("my notes")
+    says = "holds files that python -m ecgan_jax.convert did not write (README)"
+    _refused([*base, f"--out={out}", "--overwrite"], capsys, tmp_path, says=says)
+    os.remove(out / "README")
+    os.rename(g_path, out / "G.npz")
+    moved = [f"--config={cfg_path}", f"--generator={out / 'G.npz'}"]
+    _refused(
+        [*moved, f"--out={out}", "--overwrite"],
+        capsys,
+        tmp_path,
+        says=f"holds the input(s) {out / 'G.npz'}",
+    )
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    out = tmp_path / "conv"
+    convert.save_converted(str(out), {"params": {"w": np.arange(3, dtype=np.float32)}})
+    before = snapshot(tmp_path)
+
+    def fail(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", fail)
+    with pytest.raises(OSError, match="No space left"):
+        convert.save_converted(str(out), {"params": {"w": np.zeros(3, np.float32)}},
+                               overwrite=True)  # fmt: skip
+    assert snapshot(tmp_path) == before  # no staging folder left, the old checkpoint intact
+    monkeypatch.undo()
+    np.testing.assert_array_equal(convert.load_converted(str(out))["generator"]["params"]["w"],
+                                  np.arange(3, dtype=np.float32))  # fmt: skip
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert.save_converted(str(out), {"params": {"w": np.zeros(3, np.float32)}})

@@ -4,11 +4,13 @@
 files of the right modes (JPEG/PNG RGB images, 'L' labels, Cityscapes 16-bit `_instanceIds`,
 COCO 'L' instances) and returns {stem: {"image": uint8 (h, w, 3) as decoded from the written
 file, "label": raw int32 (h, w), "instance": raw int32 (h, w) or None}} so that callers can
-check what the pipeline reads value by value.
+check what the pipeline reads value by value. `snapshot(root)` hashes a tree, so that a test
+can show that nothing outside the intended output changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -90,4 +92,22 @@ def write_split(
                 instance = rng.integers(0, 256, (h, w)).astype(np.int32)
                 Image.fromarray(instance.astype(np.uint8)).save(paths["instance"])
         out[stem] = {"image": decoded, "label": label, "instance": instance, "paths": paths}
+    return out
+
+
+def snapshot(root) -> dict[str, str]:
+    """{path relative to root: sha256 of the file, or "dir" / "link -> target"} of a tree."""
+    root = os.fspath(root)
+    out = {}
+    for directory, subdirs, files in os.walk(root):
+        for name in subdirs + files:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = f"link -> {os.readlink(path)}"
+            elif os.path.isdir(path):
+                out[rel] = "dir"
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
     return out

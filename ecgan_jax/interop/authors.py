@@ -14,13 +14,18 @@ key layout (no `module.` prefix) and return Flax variables {params, batch_stats,
 * the unused `fc1` and every `num_batches_tracked` are dropped.
 A missing, unexpected or wrongly shaped key is an error listing the keys. `.pth` files are read
 with `torch.load(weights_only=True)` and `.npz` with `allow_pickle=False`: a checkpoint from the
-internet cannot run code. The CLI writes an orbax checkpoint that `load_converted` reads.
+internet cannot run code. The CLI writes an orbax checkpoint that `load_converted` reads; it never
+replaces an existing --out unless told to (`--overwrite`), and then only a checkpoint it wrote
+(`check_output`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -146,8 +151,75 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return read(path)
 
 
-def save_converted(out_dir: str, generator=None, discriminator=None) -> str:
-    """Writes {'generator': vars, 'discriminator': vars} as an orbax checkpoint at out_dir."""
+MARKER = "ecgan_convert.json"
+_WRITER = "python -m ecgan_jax.convert"
+
+
+def _files_under(path: str) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path) for f in files
+    )
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_output(out_dir: str, *, overwrite: bool = False, inputs=()) -> None:
+    """Raises FileExistsError (one line) unless `save_converted` may write `out_dir`.
+
+    A path that does not exist may be written. An existing one only with `overwrite`, and even
+    then only when it is a directory that `save_converted` wrote (its `ecgan_convert.json` lists
+    every file there and nothing else is there) and holds none of `inputs` (the .pth/.npz and
+    config files being converted): another folder is never deleted.
+    """
+    path = os.path.abspath(out_dir)
+    if not os.path.lexists(path):
+        return
+    keep = "choose another --out"
+    if not overwrite:
+        raise FileExistsError(
+            f"--out {path} already exists; {keep}, or pass --overwrite to replace a converted "
+            f"checkpoint that {_WRITER} wrote there"
+        )
+    refuse = f"not replacing it even with --overwrite; {keep}"
+    if os.path.islink(path) or not os.path.isdir(path):
+        kind = "a symbolic link" if os.path.islink(path) else "a file"
+        raise FileExistsError(f"--out {path} is {kind}, not a converted checkpoint: {refuse}")
+    held = [str(p) for p in inputs if p and _inside(str(p), path)]
+    if held:
+        raise FileExistsError(f"--out {path} holds the input(s) {', '.join(held)}: {refuse}")
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            marker = json.load(f)
+        written = set(marker["files"]) if marker.get("written_by") == _WRITER else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        written = None
+    if written is None:
+        raise FileExistsError(
+            f"--out {path} is not a checkpoint written by {_WRITER} (no valid {MARKER}): {refuse}"
+        )
+    extra = [f for f in _files_under(path) if f != MARKER and f not in written]
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise FileExistsError(
+            f"--out {path} holds files that {_WRITER} did not write ({', '.join(extra[:3])}"
+            f"{more}): {refuse}"
+        )
+
+
+def save_converted(
+    out_dir: str, generator=None, discriminator=None, *, overwrite: bool = False, inputs=()
+) -> str:
+    """Writes {'generator': vars, 'discriminator': vars} as an orbax checkpoint at out_dir.
+
+    The checkpoint is written in a temporary sibling directory and renamed into place, so
+    out_dir never holds half a checkpoint; an existing out_dir is replaced only as
+    `check_output` allows (`overwrite`, `inputs`), else FileExistsError and nothing is touched.
+    `ecgan_convert.json` in the checkpoint lists its files, which is what lets a later
+    `overwrite` tell this command's output from any other folder. Returns the absolute path.
+    """
     import orbax.checkpoint as ocp
 
     tree = {}
@@ -156,8 +228,33 @@ def save_converted(out_dir: str, generator=None, discriminator=None) -> str:
     if discriminator is not None:
         tree["discriminator"] = discriminator
     path = os.path.abspath(out_dir)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, tree, force=True)
+    check_output(path, overwrite=overwrite, inputs=inputs)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.converting-", dir=parent)
+    new, old = os.path.join(staging, "checkpoint"), os.path.join(staging, "previous")
+    moved = False
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(new, tree)
+        marker = {
+            "written_by": _WRITER,
+            "items": sorted(tree),
+            "inputs": [os.path.abspath(str(p)) for p in inputs if p],
+            "files": _files_under(new),
+        }
+        with open(os.path.join(new, MARKER), "w") as f:
+            json.dump(marker, f, indent=1)
+        if os.path.lexists(path):
+            check_output(path, overwrite=overwrite, inputs=inputs)  # it may have changed
+            os.rename(path, old)
+            moved = True
+        os.rename(new, path)  # fails on a non-empty directory that appeared meanwhile
+        moved = False
+    finally:
+        if moved:
+            os.rename(old, path)
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
