@@ -283,6 +283,8 @@ def convert_state_dict(
 
 
 def convert_file(src: str, out: str, num_classes: int = 19) -> None:
+    """Converts fyu/drn's DRN-D-105 `.pth` (or `.npz`) to this project's `.npz`, written whole
+    or not at all (`state_dict.write_npz`)."""
     variables = convert_state_dict(sd_lib.read_state_dict(src), src, num_classes)
     sd_lib.save_variables(out, variables, f"{FORMAT}/{num_classes}")
 

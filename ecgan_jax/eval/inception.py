@@ -357,7 +357,11 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], source: str = "state d
 
 
 def convert_file(src: str, out: str) -> None:
-    """Converts a `.pth` (or `.npz`) pytorch-fid state dict to this project's `.npz`."""
+    """Converts a `.pth` (or `.npz`) pytorch-fid state dict to this project's `.npz`.
+
+    `out` is written whole or not at all (`state_dict.write_npz`: a temporary sibling renamed
+    into place), so a full disk never leaves a truncated weights file behind.
+    """
     variables = convert_state_dict(sd_lib.read_state_dict(src), source=src)
     sd_lib.save_variables(out, variables, FORMAT)
 

@@ -9,6 +9,9 @@ Shared by the InceptionV3 (`inception.py`) and DRN (`drn.py`) converters:
 * `convert_state_dict(...)`: walks the Flax model's abstract variables, asks the model file
   for the PyTorch key of each leaf and converts it (conv OIHW -> HWIO, transposed depthwise
   conv: flipped too). A missing, unexpected or wrongly shaped key is an error listing them.
+* `write_npz(path, arrays)` / `read_npz(path, how_to_make)`: every `.npz` this project writes
+  goes to a temporary sibling and is renamed into place (never half a file at `path`); a
+  damaged one is a one-line error naming the file and the command that makes it.
 * `save_variables(path, variables, fmt)` / `load_variables(path, abstract, fmt, how_to_make)`:
   the converted file is an `.npz` of float32 arrays named `collection/module/.../leaf`
   (e.g. `params/Conv2d_1a_3x3/conv/kernel`, `batch_stats/Conv2d_1a_3x3/bn/mean`) plus a
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 
 import jax
@@ -39,8 +44,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"state dict file not found: {path}")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            sd = {k: np.asarray(f[k]) for k in f.files}
+        sd = read_npz(path, "numpy.savez(FILE.npz, **state_dict) from the PyTorch state dict")
     else:
         try:
             import torch
@@ -49,7 +53,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"reading {path} needs PyTorch (a CPU build is enough: pip install torch); "
                 "or save the state dict as .npz (numpy arrays under the same key names)"
             ) from e
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+            # A truncated or damaged .pth; refused pickled objects (UnpicklingError) propagate.
+            raise ValueError(
+                f"cannot read {path} ({type(e).__name__}: {_first_line(e)}): the file is "
+                "damaged or not a PyTorch checkpoint; download or save it again"
+            ) from e
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
         if not isinstance(sd, dict):
@@ -151,15 +162,68 @@ def _check_layout(header: str, *, expected: dict, got: dict, noun: str) -> None:
         raise ValueError("\n".join(lines))
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Writes `arrays` as an uncompressed `.npz` at `path`, whole or not at all.
+
+    The data go to a temporary file in the same folder (`.<name>.tmp-<pid>`), are flushed to
+    disk and renamed over `path` (os.replace, atomic on one file system): a full disk or a
+    killed process leaves the previous file, or no file, at `path`, never a truncated one.
+    The folder is created if needed.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:  # an explicit handle: np.savez would append ".npz"
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        message = (
+            f"cannot write {path} ({e.strerror or e}); nothing was written there and a "
+            "previous file at that path is unchanged"
+        )
+        raise (OSError(e.errno, message) if e.errno else OSError(message)) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_npz(path: str | os.PathLike, how_to_make: str) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` (allow_pickle=False), read whole.
+
+    A missing file is FileNotFoundError; a damaged one (cut short, bad CRC, not a zip) or one
+    holding pickled objects is a one-line ValueError naming the file and `how_to_make`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"file not found: {path}. Nothing is downloaded at run time; make it with: "
+            f"{how_to_make}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.asarray(f[k]) for k in f.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error, KeyError) as e:
+        raise ValueError(
+            f"cannot read {path} ({type(e).__name__}: {_first_line(e)}): the file is damaged "
+            f"(a write cut short?) or not an .npz of arrays; make it again with: {how_to_make}"
+        ) from e
+
+
 def save_variables(path: str | os.PathLike, variables, fmt: str) -> None:
-    """Writes Flax variables as an `.npz` of `collection/.../leaf` arrays tagged `fmt`."""
+    """Writes Flax variables as an `.npz` of `collection/.../leaf` arrays tagged `fmt`
+    (`write_npz`: a temporary sibling renamed into place)."""
     arrays = {"/".join(p): np.asarray(v, np.float32) for p, v in _flatten(variables).items()}
     arrays[FORMAT_KEY] = np.array(fmt)
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:  # an explicit handle: np.savez would append ".npz"
-        np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def load_variables(path: str | os.PathLike, abstract_variables, fmt: str, how_to_make: str):
@@ -170,8 +234,7 @@ def load_variables(path: str | os.PathLike, abstract_variables, fmt: str, how_to
             f"weights file not found: {path}. Nothing is downloaded at run time; make it with\n"
             f"  {how_to_make}"
         )
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: np.asarray(f[k]) for k in f.files}
+    arrays = read_npz(path, how_to_make)
     got_fmt = str(arrays.pop(FORMAT_KEY, ""))
     if got_fmt != fmt:
         raise ValueError(
