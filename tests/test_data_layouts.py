@@ -12,7 +12,8 @@ from PIL import Image
 
 from ecgan_jax.config_lib import base_config
 from ecgan_jax.data import canny, make_eval_iterator, make_train_iterator
-from ecgan_jax.data.fake_trees import write_split
+from ecgan_jax.data.fake_trees import snapshot, write_split
+from ecgan_jax.data.layouts import DatasetError
 
 STEMS = [f"s{i:02d}" for i in range(4)]
 CS_STEMS = [f"aachen_000000_0000{i:02d}" for i in range(4)]
@@ -168,11 +169,18 @@ def test_custom_layout_with_instances_and_precomputed_edges(tmp_path):
         np.testing.assert_array_equal(ex["edge"][..., 1], _unit(canny(written[stem]["image"])))
 
 
-def test_custom_without_instances_gives_zeros(tmp_path):
+def test_custom_without_instances_gives_zeros_only_with_no_instance(tmp_path):
     write_split("custom", tmp_path, "val", STEMS[:2], size=(8, 16), label_nc=5)
-    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5)
+    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5, no_instance=True)
     for ex in _all_eval(c).values():
         np.testing.assert_array_equal(ex["instance"], np.zeros((8, 16), np.int32))
+    # A config that uses instance maps is refused rather than fed an all-zero channel.
+    c.dataset.no_instance = False
+    with pytest.raises(FileNotFoundError) as e:
+        make_eval_iterator(c, process_index=0, process_count=1)
+    msg = str(e.value)
+    assert str(tmp_path / "val" / "instances") in msg and "dataset.no_instance" in msg
+    assert "\n" not in msg
 
 
 # --- bad input: every error names the offending file or directory ---
@@ -229,16 +237,16 @@ def test_truncated_image_names_the_path(tmp_path):
     path = written[STEMS[3]]["paths"]["image"]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    c = _config("ade20k", tmp_path, image_size=(8, 8), label_nc=150,
+    c = _config("ade20k", tmp_path, image_size=(8, 8), label_nc=150, no_instance=True,
                 contain_dontcare_label=True, eval_split="validation")  # fmt: skip
-    with pytest.raises(ValueError, match="cannot read image .*" + STEMS[3] + ".jpg"):
+    with pytest.raises(ValueError, match=STEMS[3] + ".jpg: cannot read image"):
         list(make_eval_iterator(c, process_index=0, process_count=1))
 
 
 def test_empty_and_missing_split_name_the_directory(tmp_path):
     os.makedirs(tmp_path / "train" / "images")
     os.makedirs(tmp_path / "train" / "labels")
-    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5)
+    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5, no_instance=True)
     with pytest.raises(ValueError, match="empty.*" + str(tmp_path / "train" / "images")):
         make_train_iterator(c)
     c.dataset.train_split = "nope"
@@ -250,6 +258,72 @@ def test_rgb_label_file_is_rejected_with_its_name(tmp_path):
     written = write_split("custom", tmp_path, "val", STEMS[:1], size=(8, 16), label_nc=5)
     path = written[STEMS[0]]["paths"]["label"]
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(path)
-    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5)
+    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5, no_instance=True)
     with pytest.raises(ValueError, match=f"{path}.*mode 'RGB'"):
         list(make_eval_iterator(c, process_index=0, process_count=1))
+
+
+# --- sizes: nothing is resized before every modality has been checked against the image ---
+
+
+def _custom_with_instances(tmp_path, size=(32, 64)):
+    written = write_split("custom", tmp_path, "val", STEMS[:2], size=size, label_nc=5,
+                          with_instances=True)  # fmt: skip
+    c = _config("custom", tmp_path, image_size=(8, 16), label_nc=5)
+    return written, c
+
+
+def _refused(config, tree):
+    """The eval pipeline's DatasetError message; the tree is read, never changed."""
+    before = snapshot(tree)
+    with pytest.raises(DatasetError) as e:
+        list(make_eval_iterator(config, process_index=0, process_count=1))
+    assert snapshot(tree) == before
+    return str(e.value)
+
+
+def test_image_of_another_size_than_its_label_is_refused(tmp_path):
+    written, c = _custom_with_instances(tmp_path)
+    paths = written[STEMS[1]]["paths"]
+    Image.fromarray(np.zeros((48, 20, 3), np.uint8)).save(paths["image"])
+    msg = _refused(c, tmp_path)
+    assert "\n" not in msg
+    # Both files and both sizes; the instance map (also 32x64) is named too.
+    assert f"{paths['label']}: label map of (H, W) = (32, 64)" in msg
+    assert f"{paths['image']}: (48, 20)" in msg
+    assert f"{paths['instance']}: instance map of (H, W) = (32, 64)" in msg
+
+
+def test_instance_of_another_size_is_refused(tmp_path):
+    written, c = _custom_with_instances(tmp_path)
+    paths = written[STEMS[0]]["paths"]
+    Image.fromarray(np.zeros((32, 63), np.uint8)).save(paths["instance"])
+    msg = _refused(c, tmp_path)
+    assert f"{paths['instance']}: instance map of (H, W) = (32, 63)" in msg
+    assert f"its image {paths['image']}: (32, 64)" in msg and "label map" not in msg
+
+
+def test_precomputed_edges_must_have_the_image_or_pre_crop_shape(tmp_path):
+    from ecgan_jax.data.edges import write_edge_tree
+
+    written, c = _custom_with_instances(tmp_path)
+    c.dataset.edges = "precomputed"
+    paths = write_edge_tree("custom", str(tmp_path), splits=("val",), image_size=(8, 16))
+    assert len(_all_eval(c)) == 2  # made at the pre-crop size (8, 16): read
+    # Edges at the image's own size (the authors' trees) and at twice the pre-crop size: read.
+    for shape in ((32, 64), (16, 32)):
+        Image.fromarray(np.zeros(shape, np.uint8)).save(paths[0])
+        assert len(_all_eval(c)) == 2
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(paths[0])  # squashed: another shape
+    msg = _refused(c, tmp_path)
+    assert f"{paths[0]}: edge map of (H, W) = (16, 16)" in msg
+    assert f"its image {written[STEMS[0]]['paths']['image']} (32, 64)" in msg
+    assert "pre-crop size (8, 16)" in msg and "python -m ecgan_jax.data.edges" in msg
+
+
+def test_layout_without_instances_needs_no_instance(tmp_path):
+    write_split("ade20k", tmp_path, "validation", STEMS[:1], size=(8, 8), label_nc=150)
+    c = _config("ade20k", tmp_path, image_size=(8, 8), label_nc=150, eval_split="validation",
+                contain_dontcare_label=True, no_instance=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"'dataset.no_instance' = False.*ade20k.*= True"):
+        make_eval_iterator(c, process_index=0, process_count=1)

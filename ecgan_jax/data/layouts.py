@@ -1,8 +1,10 @@
 """Directory layouts of the datasets and pairing of their files by stem (ECGAN_SPEC.md §7, §D.6).
 
-`list_examples(name, root, split, *, need_edges)` scans one split and returns one `ExamplePaths`
-per stem, in stem order. Every modality is paired **by file stem**, never by sort order: a file
-without a partner in another modality is an error naming it. Layouts (`data/README.md`):
+`list_examples(name, root, split, *, need_edges, need_instances)` scans one split and returns
+one `ExamplePaths` per stem, in stem order. Every modality is paired **by file stem**, never by
+sort order: a file without a partner in another modality is an error naming it
+(`find_examples` returns them all as `Problem`s instead, for `scan.py`). Layouts
+(`data/README.md`):
 
 cityscapes  `<root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`   image
             `<root>/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png`     label (ids 0..33)
@@ -13,7 +15,7 @@ ade20k      `<root>/images/<split>/<stem>.jpg`, `<root>/annotations/<split>/<ste
 coco_stuff  `<root>/<split>_img/<stem>.jpg`, `<root>/<split>_label/<stem>.png`,
             `<root>/<split>_inst/<stem>.png`, `<root>/<split>_edge/<stem>.png`
 custom      `<root>/<split>/images/<stem>.{jpg,jpeg,png}`, `<root>/<split>/labels/<stem>.png`,
-            optional `<root>/<split>/instances/<stem>.png`,
+            `<root>/<split>/instances/<stem>.png` (needed unless dataset.no_instance),
             optional `<root>/<split>/edges/<stem>.png`
 
 The Cityscapes stem is the `<city>_<seq>_<frame>` prefix shared by all of its files.
@@ -92,8 +94,30 @@ def edge_path(name: str, root: str, split: str, paths: ExamplePaths) -> str:
     return os.path.join(directory, paths.stem + ".png")
 
 
-def scan(modality: Modality) -> dict[str, str]:
-    """{stem: path} of the files of one modality; a stem seen twice is an error naming both."""
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one dataset file: the `file`, what it holds (`value`) and what is
+    `allowed` there. `str()` is the one-line message every check of the data package raises."""
+
+    file: str
+    value: str
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.value}; allowed: {self.allowed}"
+
+
+class DatasetError(ValueError):
+    """Bad dataset files; `problems` holds one `Problem` per offending file (may be empty after
+    crossing a process boundary, where only the message travels)."""
+
+    def __init__(self, message: str, problems=()):
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+def _scan(modality: Modality, problems: list[Problem]) -> dict[str, str]:
+    """{stem: path} of one modality; a second file of a stem is appended to `problems`."""
     found: dict[str, str] = {}
     if modality.recursive:
         walker = ((d, sorted(files)) for d, subdirs, files in sorted(os.walk(modality.directory)))
@@ -106,66 +130,105 @@ def scan(modality: Modality) -> dict[str, str]:
                 continue
             stem, path = f[: -len(suffix)], os.path.join(directory, f)
             if stem in found:
-                raise ValueError(f"two files with stem {stem!r}: {found[stem]} and {path}")
+                problems.append(
+                    Problem(
+                        path,
+                        f"a second file of stem {stem!r} (the first is {found[stem]})",
+                        "one file per stem in each modality",
+                    )  # fmt: skip
+                )
+                continue
             found[stem] = path
     return found
 
 
-def _unpaired(kind: str, extra: set[str], files: dict[str, str], other: str, where: str):
-    first = sorted(extra)[:5]
-    listed = ", ".join(files[s] for s in first)
-    more = f" (and {len(extra) - len(first)} more)" if len(extra) > len(first) else ""
-    return ValueError(
-        f"{len(extra)} {kind} file(s) have no {other} file with the same stem in {where}: "
-        f"{listed}{more}"
-    )
+def scan(modality: Modality) -> dict[str, str]:
+    """{stem: path} of the files of one modality; a stem seen twice is an error naming both."""
+    problems: list[Problem] = []
+    found = _scan(modality, problems)
+    if problems:
+        raise DatasetError(str(problems[0]), problems)
+    return found
 
 
-def list_examples(
-    name: str, root: str, split: str, *, need_edges: bool = False
-) -> list[ExamplePaths]:
-    """All examples of one split, paired by stem and sorted by stem.
-
-    Images and labels must exist; instances are read where the layout has them (custom: when the
-    `instances` directory exists); edges when `need_edges` (precomputed edges) or, for custom,
-    never otherwise. Raises ValueError naming the directory (missing or empty split) or the
-    first unpaired files.
-    """
-    mods = modalities(name, root, split)
+def _wanted(name: str, mods: dict[str, Modality], split: str, need_instances, need_edges):
+    """The modalities to read; a config that needs instances the layout lacks is an error."""
     wanted = ["image", "label"]
-    if "instance" in mods and (name != "custom" or os.path.isdir(mods["instance"].directory)):
+    if need_instances is None:  # the layout decides: custom reads instances when it has them
+        need_instances = "instance" in mods and (
+            name != "custom" or os.path.isdir(mods["instance"].directory)
+        )
+    if need_instances:
+        if "instance" not in mods:
+            raise ValueError(
+                f"config field 'dataset.no_instance' = False, but the {name} layout has no "
+                f"instance maps; allowed for {name}: dataset.no_instance = True"
+            )
         wanted.append("instance")
     if need_edges:
         wanted.append("edge")
-    files = {}
+    return wanted
+
+
+def find_examples(
+    name: str,
+    root: str,
+    split: str,
+    *,
+    need_edges: bool = False,
+    need_instances: bool | None = None,
+) -> tuple[list[ExamplePaths], list[Problem]]:
+    """(examples paired by stem, sorted by stem; pairing problems) of one split.
+
+    Every file without a partner of the same stem in another wanted modality, and every second
+    file of a stem, is one `Problem`; the examples are the stems found in all modalities.
+    Modalities: image and label; instance when `need_instances` (None: where the layout has
+    them, custom only when its `instances` directory exists; False: never); edge when
+    `need_edges`. A missing or empty directory raises (FileNotFoundError / ValueError) naming it.
+    """
+    mods = modalities(name, root, split)
+    wanted = _wanted(name, mods, split, need_instances, need_edges)
+    files, problems = {}, []
     for kind in wanted:
         directory = mods[kind].directory
         if not os.path.isdir(directory):
-            hint = (
-                " (run `python -m ecgan_jax.data.edges` to precompute edges, or set "
-                "dataset.edges='on_the_fly')"
-                if kind == "edge"
-                else ""
-            )
+            hint = {
+                "edge": " (run `python -m ecgan_jax.data.edges` to precompute edges, or set "
+                "dataset.edges='on_the_fly')",
+                "instance": "; config field 'dataset.no_instance' = False reads an instance map "
+                "<stem>.png there for every image: add them, or set dataset.no_instance=True "
+                "(the generator then has no instance-edge channel)",
+            }.get(kind, "")
             raise FileNotFoundError(
                 f"{kind} directory of split {split!r} not found: {directory}{hint}"
             )
-        files[kind] = scan(mods[kind])
+        files[kind] = _scan(mods[kind], problems)
         if not files[kind]:
             raise ValueError(
                 f"split {split!r} is empty: no {kind} files ending in "
                 f"{'/'.join(mods[kind].suffixes)} in {directory}"
             )
-    stems = set(files["image"])
+    images = set(files["image"])
     for kind in wanted[1:]:
         where = mods[kind].directory
-        missing = stems - set(files[kind])
-        if missing:
-            raise _unpaired("image", missing, files["image"], kind, where)
-        extra = set(files[kind]) - stems
-        if extra:
-            raise _unpaired(kind, extra, files[kind], "image", mods["image"].directory)
-    return [
+        for s in sorted(images - set(files[kind])):
+            problems.append(
+                Problem(
+                    files["image"][s],
+                    f"no {kind} file of stem {s!r} in {where}",
+                    f"an image with one {kind} file of the same stem",
+                )  # fmt: skip
+            )
+        for s in sorted(set(files[kind]) - images):
+            problems.append(
+                Problem(
+                    files[kind][s],
+                    f"no image of stem {s!r} in {mods['image'].directory}",
+                    f"a {kind} file with one image of the same stem",
+                )  # fmt: skip
+            )
+    stems = sorted(set.intersection(*(set(f) for f in files.values())))
+    examples = [
         ExamplePaths(
             stem=s,
             image=files["image"][s],
@@ -173,5 +236,32 @@ def list_examples(
             instance=files.get("instance", {}).get(s),
             edge=files.get("edge", {}).get(s),
         )
-        for s in sorted(stems)
+        for s in stems
     ]
+    return examples, problems
+
+
+def list_examples(
+    name: str,
+    root: str,
+    split: str,
+    *,
+    need_edges: bool = False,
+    need_instances: bool | None = None,
+) -> list[ExamplePaths]:
+    """All examples of one split, paired by stem and sorted by stem (`find_examples`).
+
+    Raises ValueError naming the first unpaired or duplicated files (and how many there are),
+    or the directory of a missing or empty split.
+    """
+    examples, problems = find_examples(
+        name, root, split, need_edges=need_edges, need_instances=need_instances
+    )
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DatasetError(
+            f"{len(problems)} file(s) of split {split!r} are not paired by stem: {shown}{more}",
+            problems,
+        )
+    return examples

@@ -28,16 +28,27 @@ class FileSource:
     """The examples of one split of a directory layout (`layouts.py`), paired by stem.
 
     Listing and pairing happen in the constructor, so a missing/extra file or an empty split
-    fails before training starts.
+    fails before training starts. `need_instances`: see `layouts.find_examples` (`make_source`
+    passes `not dataset.no_instance`, so a config that uses instance maps never trains on zeros).
     """
 
-    def __init__(self, name: str, root: str, split: str, *, need_edges: bool = False):
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        split: str,
+        *,
+        need_edges: bool = False,
+        need_instances: bool | None = None,
+    ):
         if not root:
             raise ValueError(
                 f"config field 'dataset.root' is empty; set it to the {name} root directory"
             )
         self.name, self.root, self.split = name, root, split
-        self.examples = layouts.list_examples(name, root, split, need_edges=need_edges)
+        self.examples = layouts.list_examples(
+            name, root, split, need_edges=need_edges, need_instances=need_instances
+        )
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -135,4 +146,10 @@ def make_source(config, *, train: bool):
         raise ValueError(
             f"config field 'dataset.source' = {d.source!r} is invalid; allowed: files, tfds"
         )
-    return FileSource(str(d.name), str(d.root), split, need_edges=d.edges == "precomputed")
+    return FileSource(
+        str(d.name),
+        str(d.root),
+        split,
+        need_edges=d.edges == "precomputed",
+        need_instances=not bool(d.no_instance),
+    )

@@ -15,6 +15,11 @@ resizes straight to image_size at eval time. A horizontal flip (p = 0.5, trainin
 shared by all modalities. PIL BICUBIC for images and edges, NEAREST for labels and instances.
 On-the-fly edges are the Canny map of the image resized to the pre-crop size (`edge_size`), then
 cropped and flipped like everything else, so they equal edges precomputed at that size.
+
+Nothing is resized before it is checked (`decode_record`): a label or instance map whose (H, W)
+is not its image's, a label value outside the allowed range, an unreadable file or a precomputed
+edge map of another shape is a `DatasetError` naming the files, what they hold and what is
+allowed. `data/scan.py` runs the same checks over a whole split before training.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ecgan_jax.data.canny import canny
+from ecgan_jax.data.layouts import DatasetError, Problem
 
 INT_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -72,19 +78,34 @@ def edge_size(spec: DataSpec, *, train: bool) -> tuple[int, int]:
     return tuple(spec.image_size)
 
 
-def open_image(data, origin: str) -> Image.Image:
-    """Decodes `data` (encoded bytes, a path or an array) fully; errors name `origin`."""
+def _decode(data) -> Image.Image:
     if isinstance(data, np.ndarray):
         return Image.fromarray(data)
+    if isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
+        img = Image.open(io.BytesIO(bytes(data)))
+    else:
+        img = Image.open(data)
+    img.load()  # decode now, so a truncated file fails here with its name
+    return img
+
+
+def open_image(data, origin: str) -> Image.Image:
+    """Decodes `data` (encoded bytes, a path or an array) fully; errors name `origin`."""
     try:
-        if isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
-            img = Image.open(io.BytesIO(bytes(data)))
-        else:
-            img = Image.open(data)
-        img.load()  # decode now, so a truncated file fails here with its name
+        return _decode(data)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise ValueError(f"cannot read image {origin}: {type(e).__name__}: {e}") from e
-    return img
+
+
+def mode_problem(img: Image.Image, kind: str, origin: str) -> Problem | None:
+    """A label / instance image that is not single-channel integer, as a `Problem`."""
+    if img.mode in INT_MODES:
+        return None
+    return Problem(
+        origin,
+        f"{kind} image of PIL mode {img.mode!r}",
+        f"a single-channel integer image ({', '.join(INT_MODES)})",
+    )
 
 
 def int_map(img: Image.Image, kind: str, origin: str) -> np.ndarray:
@@ -93,12 +114,33 @@ def int_map(img: Image.Image, kind: str, origin: str) -> np.ndarray:
     'L' (8-bit) gives the raw values, which is ToTensor() x 255 of the authors' loader; 16/32-bit
     modes (Cityscapes `_instanceIds`) keep their raw values too (ECGAN_SPEC.md §7).
     """
-    if img.mode not in INT_MODES:
-        raise ValueError(
-            f"{kind} file {origin} has PIL mode {img.mode!r}; expected a single-channel "
-            f"integer image ({', '.join(INT_MODES)})"
-        )
+    problem = mode_problem(img, kind, origin)
+    if problem is not None:
+        raise DatasetError(str(problem), [problem])
     return np.asarray(img).astype(np.int32)
+
+
+def map_labels(raw: np.ndarray, spec: DataSpec) -> np.ndarray:
+    """The dataset's unknown mapping: 255 -> label_nc where it has a dontcare class."""
+    if spec.contain_dontcare_label:
+        return np.where(raw == 255, spec.label_nc, raw).astype(np.int32)
+    return raw
+
+
+def label_problem(label: np.ndarray, spec: DataSpec, origin: str) -> Problem | None:
+    """Mapped label values outside [0, label_nc + contain_dontcare_label), as a `Problem`."""
+    hi = spec.num_label_values
+    if not label.size or (label.min() >= 0 and label.max() < hi):
+        return None
+    bad = np.unique(label[(label < 0) | (label >= hi)])
+    shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+    mapped = " (255 mapped to label_nc)" if spec.contain_dontcare_label else ""
+    return Problem(
+        origin,
+        f"label values {shown}{mapped}",
+        f"[0, {hi - 1}] (dataset.label_nc = {spec.label_nc}, dataset.contain_dontcare_label = "
+        f"{spec.contain_dontcare_label}; 255 maps to label_nc only with a dontcare class)",
+    )
 
 
 def map_and_check_labels(raw: np.ndarray, spec: DataSpec, origin: str) -> np.ndarray:
@@ -108,19 +150,127 @@ def map_and_check_labels(raw: np.ndarray, spec: DataSpec, origin: str) -> np.nda
     dontcare class (COCO-Stuff: 255 -> 182); ADE20K keeps 0 = unknown; Cityscapes labelIds stay.
     Allowed values afterwards: [0, label_nc + contain_dontcare_label).
     """
-    label = raw
-    if spec.contain_dontcare_label:
-        label = np.where(raw == 255, spec.label_nc, raw).astype(np.int32)
-    hi = spec.num_label_values
-    if label.size and (label.min() < 0 or label.max() >= hi):
-        bad = np.unique(label[(label < 0) | (label >= hi)])
-        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        raise ValueError(
-            f"label file {origin} has values {shown} outside the allowed range [0, {hi - 1}] "
-            f"(dataset.label_nc = {spec.label_nc}, contain_dontcare_label = "
-            f"{spec.contain_dontcare_label}; 255 maps to label_nc only with a dontcare class)"
-        )
+    label = map_labels(raw, spec)
+    problem = label_problem(label, spec, origin)
+    if problem is not None:
+        raise DatasetError(str(problem), [problem])
     return label
+
+
+def _hw(img: Image.Image) -> tuple[int, int]:
+    return (img.size[1], img.size[0])
+
+
+def _same_aspect(hw: tuple[int, int], target: tuple[int, int]) -> bool:
+    """True when `hw` is `target` resized, within one pixel of rounding in either side."""
+    return abs(hw[0] * target[1] - hw[1] * target[0]) <= max(target)
+
+
+@dataclasses.dataclass
+class DecodedRecord:
+    """The files of one raw record, decoded and checked, before any resize.
+
+    image RGB PIL image; label int32 (h, w) after the unknown mapping; instance int32 (h, w) raw
+    ids or None; edge 'L' PIL image or None (on-the-fly edges). A member that could not be
+    decoded is None and `problems` says why; with no problems every member is consistent.
+    """
+
+    image: Image.Image | None
+    label: np.ndarray | None
+    instance: np.ndarray | None
+    edge: Image.Image | None
+    problems: list[Problem]
+
+
+def decode_record(record: dict, spec: DataSpec, *, train: bool) -> DecodedRecord:
+    """Decodes every file of a raw record and lists what is wrong with each (never raises).
+
+    Checks: every file decodes; label and instance are single-channel integer images; labels
+    lie in the allowed range after the mapping; label and instance have the image's (H, W)
+    exactly; a precomputed edge map has the image's aspect ratio or that of the pre-crop size
+    `edge_size(spec, train)` (edge trees are made at that size; any resize of either is read).
+    """
+    origin = record.get("origin", {})
+    stem = str(record["stem"])
+    problems: list[Problem] = []
+
+    def where(kind):
+        return origin.get(kind, f"{kind} of {stem!r}")
+
+    def open_or_note(kind):
+        try:
+            return _decode(record[kind])
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            problems.append(
+                Problem(
+                    where(kind),
+                    f"cannot read image ({type(e).__name__}: {e})",
+                    "a complete image file that PIL decodes",
+                )  # fmt: skip
+            )
+            return None
+
+    def int_or_note(kind):
+        img = open_or_note(kind)
+        if img is None:
+            return None
+        problem = mode_problem(img, kind, where(kind))
+        if problem is not None:
+            problems.append(problem)
+            return None
+        return np.asarray(img).astype(np.int32)
+
+    image = open_or_note("image")
+    if image is not None and image.mode != "RGB":
+        image = image.convert("RGB")
+    label = int_or_note("label")
+    if label is not None:
+        label = map_labels(label, spec)
+        problem = label_problem(label, spec, where("label"))
+        if problem is not None:
+            problems.append(problem)
+    inst = record.get("instance")
+    instance = None
+    if inst is not None and not (isinstance(inst, (bytes, np.bytes_)) and not len(inst)):
+        instance = int_or_note("instance")
+    edge = None
+    if spec.edges == "precomputed":
+        if record.get("edge") is None:
+            problems.append(
+                Problem(
+                    where("edge"),
+                    "no edge map",
+                    "one edge map per example with dataset.edges='precomputed'",
+                )  # fmt: skip
+            )
+        else:
+            edge = open_or_note("edge")
+            edge = None if edge is None else edge.convert("L")
+    if image is not None:
+        hw = _hw(image)
+        for kind, value in (("label", label), ("instance", instance)):
+            if value is not None and value.shape != hw:
+                problems.append(
+                    Problem(
+                        where(kind),
+                        f"{kind} map of (H, W) = {value.shape}",
+                        f"the (H, W) of its image {where('image')}: {hw}",
+                    )  # fmt: skip
+                )
+        pre_crop = tuple(edge_size(spec, train=train))
+        if edge is not None and not (_same_aspect(_hw(edge), hw)
+                                     or _same_aspect(_hw(edge), pre_crop)):  # fmt: skip
+            problems.append(
+                Problem(
+                    where("edge"),
+                    f"edge map of (H, W) = {_hw(edge)}",
+                    f"the shape of its image {where('image')} {hw} or of the pipeline's "
+                    f"pre-crop size {pre_crop}, or a resize of either; remake the edge tree "
+                    "with python -m ecgan_jax.data.edges --config=<this config> "
+                    "--overwrite",
+                )  # fmt: skip
+            )
+    return DecodedRecord(image, label, instance, edge, problems)
 
 
 def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -165,37 +315,19 @@ class ExampleTransform:
 
     def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict:
         spec = self.spec
-        origin = record.get("origin", {})
         stem = str(record["stem"])
-
-        def where(kind):
-            return origin.get(kind, f"{kind} of {stem!r}")
-
-        image = open_image(record["image"], where("image"))
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        label = map_and_check_labels(
-            int_map(open_image(record["label"], where("label")), "label", where("label")),
-            spec,
-            where("label"),
-        )
-        inst = record.get("instance")
-        if inst is not None and not (isinstance(inst, (bytes, np.bytes_)) and not len(inst)):
-            instance = int_map(open_image(inst, where("instance")), "instance", where("instance"))
-        else:
-            instance = None
+        decoded = decode_record(record, spec, train=self.train)
+        if decoded.problems:
+            raise DatasetError("; ".join(str(p) for p in decoded.problems), decoded.problems)
 
         size = edge_size(spec, train=self.train)
-        image = resize_bicubic(image, size)
-        image_u8 = np.asarray(image, np.uint8)
+        image_u8 = np.asarray(resize_bicubic(decoded.image, size), np.uint8)
         if spec.edges == "precomputed":
-            if record.get("edge") is None:
-                raise ValueError(f"dataset.edges='precomputed' but {stem!r} has no edge map")
-            edge_img = open_image(record["edge"], where("edge")).convert("L")
-            edge_u8 = np.asarray(resize_bicubic(edge_img, size), np.uint8)
+            edge_u8 = np.asarray(resize_bicubic(decoded.edge, size), np.uint8)
         else:
             edge_u8 = canny(image_u8)  # == edge_map(original image, size)
-        label = resize_nearest(label, size)
+        label = resize_nearest(decoded.label, size)
+        instance = decoded.instance
         instance = np.zeros(size, np.int32) if instance is None else resize_nearest(instance, size)
 
         h, w = spec.image_size
