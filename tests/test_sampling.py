@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ecgan_jax.losses as L
+from ecgan_jax.losses.sampling import anchor_scores, select_top_pixels
 
 
 def ref_resize(labels, h, w):
@@ -116,6 +117,28 @@ def test_fewer_valid_pixels_than_anchors():
         num_classes=2,
     )
     assert not np.asarray(empty.valid).any()
+
+
+def test_sample_anchors_is_the_stable_top_k_of_the_scores():
+    # Independent reference: the A highest scores, lower flat index first among equal scores.
+    lab = np.random.default_rng(4).integers(-1, 3, size=(3, 5, 7)).astype(np.int32)
+    key = jax.random.PRNGKey(9)
+    scores = np.asarray(anchor_scores(labels=lab, key=key, num_classes=3)).reshape(-1)
+    s = L.sample_anchors(labels=lab, key=key, num_anchors=20, num_classes=3)
+    order = np.lexsort((np.arange(scores.size), -scores))[:20]
+    np.testing.assert_array_equal(np.asarray(s.index), order)
+    np.testing.assert_array_equal(np.asarray(s.labels), lab.reshape(-1)[order])
+    # Every pixel with a finite score is drawn in turn; ignore pixels score −inf.
+    np.testing.assert_array_equal(np.isfinite(scores), lab.reshape(-1) >= 0)
+
+
+def test_select_top_pixels_breaks_ties_by_lower_index():
+    scores = np.array([[1.0, 3.0, 1.0, 3.0], [3.0, -np.inf, 1.0, 2.0]], np.float32)
+    payload = np.arange(8, dtype=np.int32).reshape(2, 4) + 10
+    values, index, picked = select_top_pixels(scores=scores, payload=payload, k=10)
+    np.testing.assert_array_equal(np.asarray(index)[:7], [1, 3, 4, 7, 0, 2, 6])
+    np.testing.assert_array_equal(np.asarray(picked)[:7], [11, 13, 14, 17, 10, 12, 16])
+    np.testing.assert_array_equal(np.asarray(values)[7:], -np.inf)  # ignore + 2 padding slots
 
 
 def test_region_embeddings_match_loops():

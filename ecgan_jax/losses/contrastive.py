@@ -250,6 +250,9 @@ def multiscale_contrastive_loss(
     cross_scale: bool = True,
     lambda_pixel: float = 1.0,
     lambda_class: float = 1.0,
+    anchor_selection: str = "auto",
+    mesh=None,
+    axis_name: str = "data",
 ) -> tuple[jax.Array, ContrastiveAux]:
     """L_cl = λ_pix · mean_l L_pix,l + λ_cls · mean_l L_cls,l (ECGAN_SPEC.md §D.3).
 
@@ -272,6 +275,9 @@ def multiscale_contrastive_loss(
       temperature: τ.
       cross_scale: §D.3.9 switch (static).
       lambda_pixel, lambda_class: λ_pix, λ_cls.
+      anchor_selection, mesh, axis_name: how the anchors' top-k runs (`select_top_pixels`:
+        the same anchors for every choice; by default per device shard under the context mesh,
+        so that no device sorts every pixel of the global batch).
 
     Returns:
       `(loss, aux)`: float32 scalar and a `ContrastiveAux` (pass it to `update_memory_bank`).
@@ -313,6 +319,9 @@ def multiscale_contrastive_loss(
             key=jax.random.fold_in(key, l),
             num_anchors=num_anchors,
             num_classes=num_classes,
+            selection=anchor_selection,
+            mesh=mesh,
+            axis_name=axis_name,
         )
         anchors.append(emb.reshape(-1, d)[sample.index])
         anchor_labels.append(sample.labels)
