@@ -3,10 +3,14 @@
 A fresh TrainState (EMA made different from the raw parameters) is saved with the training
 `Checkpointer` at step 0, so no training runs; the FID and DRN weights are random `.npz` files
 written in the test in the converters' format. Inception runs on a handful of images only.
+The commands are called in-process through their `main(argv)` (absl flags parsed into a fresh
+`FlagValues` per call, `ecgan_jax.cli.flags`). The other datasets' protocols:
+tests/test_eval_datasets.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -126,17 +130,110 @@ def test_generate_matches_in_process_generator(run, tmp_path):
     np.testing.assert_array_equal(read_png(conv_out / "a.png"), final_raw[0])
 
 
+def test_generate_never_overwrites_inputs_or_outputs(run, tmp_path):
+    config, workdir, state, generator = run
+    lab_dir, inst_dir, maps = write_maps(tmp_path, ["a", "b"])
+    labels_before = {p.name: p.read_bytes() for p in lab_dir.iterdir()}
+    common = [f"--config={os.path.join(ROOT, CONFIG)}", f"--workdir={workdir}"]
+    common += [f"--labels={lab_dir}", f"--instances={inst_dir}", "--num_devices=1"]
+
+    # --out is, lies inside or contains an input folder: refused before any compute, with
+    # --overwrite too, and the label maps are untouched.
+    for out, what in (
+        (lab_dir, r"is an input folder \(the label maps folder: "),
+        (lab_dir / "sub", r"lies inside an input folder \(the label maps folder: "),
+        (inst_dir, r"is an input folder \(the instance maps folder: "),
+        (tmp_path, r"contains an input folder \(the label maps folder: "),
+        (os.path.join(workdir, "checkpoints", "x"), r"lies inside an input folder \(the checkp"),
+    ):
+        with pytest.raises(ValueError, match=rf"--out={out} {what}.*choose an --out"):
+            generate.main([*common, f"--out={out}", "--overwrite"])
+    # The dataset root (e.g. --out=<root>/val/images) is an input too.
+    root = tmp_path / "dataset"
+    (root / "val").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"lies inside an input folder \(dataset\.root="):
+        generate.main([*common, f"--config.dataset.root={root}", f"--out={root / 'val' / 'i'}"])
+    assert {p.name: p.read_bytes() for p in lab_dir.iterdir()} == labels_before
+    assert not (lab_dir / "sub").exists()
+
+    # Existing outputs: refused unless --overwrite, which replaces them; no temporary file
+    # is left behind.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"1 output file\(s\) exist already: .*out/b\.png; pass"):
+        generate.main([*common, f"--out={out}"])
+    assert sorted(os.listdir(out)) == ["b.png"]
+    generate.main([*common, f"--out={out}", "--overwrite"])
+    assert sorted(os.listdir(out)) == ["a.png", "b.png"]
+    label = np.stack([maps[s][0] for s in "ab"])
+    inst = np.stack([maps[s][1] for s in "ab"])
+    _, final, _ = reference(generator, state.ema_params, state.g_stats, config, label, inst)
+    np.testing.assert_array_equal(read_png(out / "b.png"), final[1])
+
+    # Two outputs of one name (stem "a_first" and a's --save_first image): refused.
+    (lab_dir / "a_first.png").write_bytes((lab_dir / "a.png").read_bytes())
+    (inst_dir / "a_first.png").write_bytes((inst_dir / "a.png").read_bytes())
+    with pytest.raises(ValueError, match=r"a_first\.png would be written for both"):
+        generate.main([*common, f"--out={tmp_path / 'o2'}", "--save_first"])
+
+
+def test_generate_finds_instances_beside_the_labels(run, tmp_path):
+    config, workdir, _, _ = run
+    # The custom layout: <split>/labels and <split>/instances side by side.
+    lab_dir, inst_dir, _ = write_maps(tmp_path, ["a"])
+    files = generate.list_label_files(config, str(lab_dir))
+    assert files == [("a", str(lab_dir / "a.png"), str(inst_dir / "a.png"))]
+    # COCO-Stuff: <split>_inst beside <split>_label; Cityscapes: the same gtFine folder.
+    coco = config_lib.load_config(os.path.join(ROOT, "configs/coco_stuff.py:smoke"))
+    assert generate.default_instance_dirs(coco, "/d/val_label")[0][0] == "/d/val_inst"
+    city = config_lib.load_config(os.path.join(ROOT, "configs/cityscapes.py:smoke"))
+    assert generate.default_instance_dirs(city, "/d/gtFine/val")[0][0] == "/d/gtFine/val"
+
+    # Required and absent: the error says where it looked and what to pass.
+    os.rename(inst_dir, tmp_path / "elsewhere")
+    with pytest.raises(
+        FileNotFoundError, match=r"uses instance maps .*looked beside the labels for .*instances"
+    ):
+        generate.main(
+            [
+                f"--config={os.path.join(ROOT, CONFIG)}",
+                f"--workdir={workdir}",
+                f"--labels={lab_dir}",
+                f"--out={tmp_path / 'o'}",
+            ]
+        )
+    # A config without instances needs none.
+    no_inst = config_lib.load_config(os.path.join(ROOT, CONFIG))
+    no_inst.dataset.no_instance = True
+    assert generate.list_label_files(no_inst, str(lab_dir)) == [("a", str(lab_dir / "a.png"), None)]
+
+
 def write_weights(tmp_path):
     incep = tmp_path / "inception_fid.npz"
     sd_lib.save_variables(incep, inception.init_inception(seed=0), inception.FORMAT)
     seg = tmp_path / "drn.npz"
-    sd_lib.save_variables(seg, drn.init_drn(seed=0), f"{drn.FORMAT}/19")
+    sd_lib.save_variables(seg, drn.init_drn(seed=0, num_classes=8), f"{drn.FORMAT}/8")
     return incep, seg
 
 
-@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 2 images: rank-1 covariances
-def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
+def rank1_frechet(mu1, sigma1, mu2, sigma2):
+    """The Fréchet distance of two rank-1 covariances S = a aᵀ (two images each), exactly:
+    Tr sqrt(S1 S2) = |a1ᵀ a2|, with a read off a column of S. Stands in for scipy's 2048-d
+    sqrtm (minutes on a shared 2-core CPU; `fid.frechet_distance` is tested in test_fid.py)."""
+
+    def vector(s):
+        j = int(np.argmax(np.diag(s)))
+        return s[:, j] / np.sqrt(s[j, j])
+
+    a1, a2 = vector(np.asarray(sigma1)), vector(np.asarray(sigma2))
+    diff = np.asarray(mu1) - np.asarray(mu2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * abs(a1 @ a2))
+
+
+def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
     config, workdir, state, generator = run
+    monkeypatch.setattr(fid, "frechet_distance", rank1_frechet)
     incep, seg = write_weights(tmp_path)
     out, real = tmp_path / "eval", tmp_path / "real_stats.npz"
     n = 2
@@ -145,6 +242,7 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
             f"--config={os.path.join(ROOT, CONFIG)}",
             f"--workdir={workdir}",
             f"--fid_weights={incep}",
+            "--segmenter=drn_d_105",
             f"--segmenter_weights={seg}",
             f"--out={out}",
             f"--max_images={n}",
@@ -153,23 +251,31 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
             "--num_devices=1",
         ]
     )
+    printed = capsys.readouterr().out
+    assert printed.index("protocol:") < printed.index("FID ")  # the protocol before any number
     with open(out / "metrics.json") as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(report))
     m, p = saved["metrics"], saved["protocol"]
     assert np.isfinite(m["fid"]) and m["fid"] > 0
     assert 0 <= m["miou"] <= 1 and 0 <= m["pixel_accuracy"] <= 1
-    assert p["num_images"] == n and p["resolution"] == [32, 64]
-    assert p["parameters"] == "ema" and p["checkpoint"]["step"] == 0
-    assert p["output"].startswith("I''") and p["split"] == "val"
+    assert m["num_images"] == n and m["num_pixels"] == n * 32 * 64  # identity: no pixel ignored
+    assert p["num_images"] == n and p["resolution"] == [32, 64] and p["split"] == "val"
+    assert p["generator"]["parameters"] == "ema" and p["generator"]["checkpoint"]["step"] == 0
+    assert p["generator"]["output"].startswith("I''")
+    assert p["config"] == {"file": os.path.join(ROOT, CONFIG), "overrides": {}}
     assert p["fid"]["weights"] == str(incep) and "InceptionV3" in p["fid"]["network"]
-    assert p["segmentation"]["weights"] == str(seg)
-    assert "identity" in p["segmentation"]["label_mapping"]
+    assert p["fid"]["reference"]["kind"] == "real images" and p["fid"]["reference"]["count"] == n
+    assert p["fid"]["weights_sha256"] == hashlib.sha256(incep.read_bytes()).hexdigest()
+    ps = p["segmentation"]
+    assert ps["weights"] == str(seg) and ps["name"] == "drn_d_105" and ps["num_classes"] == 8
+    assert ps["weights_sha256"] == hashlib.sha256(seg.read_bytes()).hexdigest()
+    assert ps["label_mapping"].startswith("identity") and not ps["conventional"]
 
     # The statistics saved are those of the first n eval images and of I'' made here, and the
-    # FID is recomputed from these features independently of scipy's sqrtm: with n < 2048 the
-    # covariances are low rank, S = AᵀA / (n - 1) for the centred features A, and
-    # Tr sqrt(S1 S2) is the nuclear norm of A1 A2ᵀ / (n - 1).
+    # FID is recomputed from these features another way: with n < 2048 the covariances are
+    # low rank, S = AᵀA / (n - 1) for the centred features A, and Tr sqrt(S1 S2) is the
+    # nuclear norm of A1 A2ᵀ / (n - 1).
     from ecgan_jax.data import make_eval_iterator
 
     fake_stats = fid.load_statistics(out / "fake_stats.npz")
@@ -181,7 +287,7 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
     feats = fid.extract_features(
         inception.load_inception(str(incep)),
         np.concatenate([fake_u8, real_u8]),
-        batch_size=2 * n,
+        batch_size=n,  # the command's batch: its compiled feature function is reused
         mesh=inference.make_mesh(1),
     ).astype(np.float64)
     f1, f2 = feats[:n], feats[n:]
@@ -194,8 +300,7 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
     want = diff @ diff + ((a1**2).sum() + (a2**2).sum()) / (n - 1) - 2 * nuclear
     assert m["fid"] == pytest.approx(want, rel=1e-3)
 
-    # --fid_stats: the given statistics are the reference (the Fréchet distance, 2048-d sqrtm
-    # on CPU, is stubbed here: it was checked above).
+    # --fid_stats: the given statistics are the reference.
     seen = []
 
     def fake_distance(mu1, sigma1, mu2, sigma2):
@@ -220,8 +325,25 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch):
     np.testing.assert_array_equal(seen[0][2], real_stats[0])
     np.testing.assert_array_equal(seen[0][3], real_stats[1])
     p2 = report2["protocol"]
-    assert str(real) in p2["fid"]["reference"] and p2["parameters"] == "raw"
+    assert p2["fid"]["reference"]["kind"] == "statistics file"
+    assert p2["fid"]["reference"]["path"] == str(real)
+    assert p2["generator"]["parameters"] == "raw"
     assert p2["segmentation"] is None and "miou" not in report2["metrics"]
+
+    # The same --out again: refused (metrics.json exists), replaced with --overwrite.
+    again = [
+        f"--config={os.path.join(ROOT, CONFIG)}",
+        f"--workdir={workdir}",
+        f"--fid_weights={incep}",
+        f"--fid_stats={real}",
+        f"--out={tmp_path / 'eval2'}",
+        f"--max_images={n}",
+        "--batch_size=2",
+        "--num_devices=1",
+    ]
+    with pytest.raises(ValueError, match=r"eval2/metrics\.json.*pass --overwrite"):
+        evaluate.main(again)
+    assert evaluate.main([*again, "--overwrite"])["protocol"]["generator"]["parameters"] == "ema"
 
 
 def test_errors_name_the_file_and_the_fix(run, tmp_path):
@@ -264,7 +386,7 @@ def test_errors_name_the_file_and_the_fix(run, tmp_path):
     # A label value >= label_nc: the file and the values.
     Image.fromarray(np.full((32, 64), 9, np.uint8)).save(lab_dir / "y.png")
     Image.fromarray(np.zeros((32, 64), np.uint8)).save(inst_dir / "y.png")
-    with pytest.raises(ValueError, match=r"labels/y\.png has values 9 outside"):
+    with pytest.raises(ValueError, match=r"labels/y\.png.*values 9"):
         generate.main([*base, f"--workdir={workdir}"])
 
     # A label without its instance file: named.
@@ -272,8 +394,6 @@ def test_errors_name_the_file_and_the_fix(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no instance file .*labels/y\.png"):
         generate.main([*base, f"--workdir={workdir}"])
 
-    # Config overrides: applied, and a wrong field is named.
+    # Config overrides: a wrong field is named (tests/test_cli_flags.py has the rest).
     with pytest.raises(ValueError, match="no field 'dataset.nope'"):
         generate.main([*base, f"--workdir={workdir}", "--config.dataset.nope=1"])
-    over = generate.load_cli_config(cfg.split("=", 1)[1], ["--config.model.dtype=bfloat16"])
-    assert over.model.dtype == "bfloat16"

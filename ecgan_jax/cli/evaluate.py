@@ -1,233 +1,385 @@
 """FID and mIoU / pixel accuracy of a trained generator on the validation split (§5, §D.5).
 
     python -m ecgan_jax.evaluate --config=configs/cityscapes.py --workdir=runs/cityscapes \
-        --fid_weights=weights/inception_fid.npz [--fid_stats=stats/cityscapes_val.npz] \
-        [--save_real_stats=stats/cityscapes_val.npz] [--segmenter_weights=weights/drn.npz] \
+        --config.dataset.root=/data/cityscapes --fid_weights=weights/inception_fid.npz \
+        --segmenter_weights=weights/drn.npz [--segmenter=drn_d_105] [--real] \
+        [--fid_stats=stats/cityscapes_val.npz | --save_real_stats=stats/cityscapes_val.npz] \
         [--out=DIR] [--max_images=N] [--checkpoint=STEP_OR_DIR] [--raw] [--save_images] \
-        [--batch_size=8] [--num_devices=-1] [--config.dataset.root=/data/cityscapes ...]
+        [--segmenter_scales=protocol|single] [--overwrite] [--batch_size=8] [--num_devices=-1]
 
-Protocol (§D.5; written next to the numbers in `<out>/metrics.json`):
+    python -m ecgan_jax.evaluate --config=configs/ade20k.py --real \
+        --config.dataset.root=/data/ADEChallengeData2016 \
+        --segmenter_weights=weights/upernet101_ade20k.npz --out=eval/ade20k_real
+
+The protocol (`ecgan_jax.eval.protocol`) is printed before any number and written with the
+numbers to `<out>/metrics.json` ({"protocol", "metrics", "real"}):
 * the generator's final output I″ of every image of `config.dataset.eval_split` (or the first
   `--max_images`), made from the label (+ instance) maps at `config.dataset.image_size`, EMA
-  parameters unless `--raw`; quantised to uint8 as saved PNGs;
-* FID: pytorch-fid's InceptionV3 (pool3, 2048-d; weights from `--fid_weights`, converted by
-  `python -m ecgan_jax.eval.inception`), bilinear resize to 299, float64 Fréchet distance,
-  against the real validation images at the same resolution (or `--fid_stats`);
-* mIoU / accuracy (with `--segmenter_weights`): DRN-D-105 (fyu/drn, converted by
-  `python -m ecgan_jax.eval.drn`) on I″ at the generated resolution; labels resized by nearest
-  (the eval pipeline), Cityscapes labelIds mapped to the 19 train ids, ignore (255) excluded
-  from every score; mIoU over the classes present in the ground truth or the prediction.
-`<out>/fake_stats.npz` holds the statistics of the generated images (pytorch-fid format).
+  parameters unless `--raw`, quantised to uint8 as saved PNGs;
+* FID (with `--fid_weights`): pytorch-fid's InceptionV3 (`python -m ecgan_jax.eval.inception`),
+  against the same number of real validation images at the same resolution, or `--fid_stats`;
+* mIoU / accuracy (with `--segmenter_weights`): the dataset's conventional segmenter
+  (DRN-D-105 for Cityscapes, UperNet-101 for ADE20K, DeepLab-v2 for COCO-Stuff; `--segmenter`
+  chooses another, and must for custom datasets) on I″, against the eval pipeline's labels
+  through the protocol's label mapping; ignored pixels excluded from every score;
+* `--real`: the same segmenter on the real validation images (the upper bound); alone (no
+  `--workdir` / `--checkpoint`) it scores only those.
+`<out>/fake_stats.npz` holds the generated images' FID statistics (pytorch-fid format).
+Existing output files are refused unless `--overwrite`; `--out` may not lie in an input
+folder (`cli/outputs.py`). Flags: `ecgan_jax.cli.flags` (shared with `generate`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 from collections.abc import Sequence
 
-from ecgan_jax.cli.generate import add_checkpoint_flags, batch_for_mesh, load_cli_config
+from absl import flags
 
-LABEL_MAPPINGS = ("auto", "cityscapes_train_id", "identity")
-FID_NETWORK = (
-    "pytorch-fid InceptionV3 (TF 2015-12-05 graph), pool3 2048-d features, bilinear resize to "
-    "299x299 (PyTorch rule, align_corners=False), inputs uint8 mapped to [-1, 1]"
-)
+from ecgan_jax.cli import flags as cli_flags
+from ecgan_jax.cli import outputs
+from ecgan_jax.eval import protocol as protocol_lib
+
+# --------------------------------------------------------------------------- flags
 
 
-def _label_mapping(name: str, config):
-    """(callable, description) for the segmenter's ground truth."""
-    from ecgan_jax import inference
-    from ecgan_jax.eval.segmentation import cityscapes_label_to_train_id
+def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> None:
+    """The flags of `evaluate`: the shared checkpoint flags plus its own."""
+    cli_flags.define_checkpoint_flags(fv, argv)
+    flags.DEFINE_string(
+        "fid_weights",
+        None,
+        "FID InceptionV3 .npz (python -m ecgan_jax.eval.inception)",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "fid_stats",
+        None,
+        "real images' FID statistics .npz (mu, sigma) to compare against",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "save_real_stats",
+        None,
+        "write the real images' FID statistics to this .npz",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "segmenter",
+        "auto",
+        ["auto", "none", *protocol_lib.SEGMENTERS],
+        "segmentation network; auto: the dataset's conventional one (eval/protocol.py)",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "segmenter_weights",
+        None,
+        "converted segmenter .npz (python -m ecgan_jax.eval.drn / .upernet / .deeplab)",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "segmenter_classes",
+        0,
+        "classes of the segmenter (0: the protocol's)",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "segmenter_scales",
+        "protocol",
+        list(protocol_lib.SCALES),
+        "protocol: the network's conventional test (multi-scale for UperNet, MSC for "
+        "DeepLab); single: one pass at the generated resolution",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "label_mapping",
+        "auto",
+        ["auto", *protocol_lib.LABEL_MAPPINGS],
+        "ground truth of the segmenter; auto: the dataset's",
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "real", False, "also score the segmenter on the real validation images", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "out",
+        None,
+        "output folder (default: <workdir>/eval for a training workdir)",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "max_images",
+        0,
+        "the first N images of the split (0: all)",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        "save_images", False, "also write I'' to <out>/images/<stem>.png", flag_values=fv
+    )
 
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _segmenter_choice(fv, config):
+    """(segmenter name or None, num_classes, label mapping name) from the flags."""
+    proto = protocol_lib.for_config(config)
+    name = fv.segmenter
     if name == "auto":
-        name = "cityscapes_train_id" if config.dataset.name == "cityscapes" else "identity"
-    if name == "cityscapes_train_id":
-        return cityscapes_label_to_train_id, (
-            "Cityscapes labelIds -> 19 trainIds (cityscapesScripts), others ignored (255)"
+        name = proto.segmenter if fv.segmenter_weights else None
+        if fv.segmenter_weights and name is None:
+            raise cli_flags.CommandLineError(
+                f"dataset {proto.dataset!r} has no conventional segmenter: pass --segmenter="
+                f"one of {', '.join(protocol_lib.SEGMENTERS)} with --segmenter_weights"
+            )
+    elif name == "none":
+        name = None
+    if name is not None and not fv.segmenter_weights:
+        raise cli_flags.CommandLineError(
+            f"--segmenter={name} needs --segmenter_weights=FILE.npz; make it with "
+            f"{protocol_lib.segmenter_spec(name).convert_command}"
         )
-    return inference.identity_labels, "identity (label values used as class ids; 255 ignored)"
+    if name is None:
+        return None, 0, None
+    classes = fv.segmenter_classes or protocol_lib.default_num_classes(config, name)
+    mapping = proto.label_mapping if fv.label_mapping == "auto" else fv.label_mapping
+    return name, classes, mapping
 
 
-def _abspath(path):
-    return None if not path else os.path.abspath(path)
+def _default_out(fv) -> str:
+    from ecgan_jax.inference import is_converted_checkpoint
+
+    if fv.out:
+        return fv.out
+    if fv.workdir is None or is_converted_checkpoint(fv.workdir):
+        raise cli_flags.CommandLineError(
+            "--out is required unless --workdir is a training workdir (default <workdir>/eval)"
+        )
+    return os.path.join(fv.workdir, "eval")
+
+
+def _check_outputs(fv, config, out: str, *, with_generator: bool, checkpoint_dir) -> dict:
+    """Refuses outputs over inputs or existing files; returns {role: path} of the outputs."""
+    inputs = {
+        "--fid_weights": (fv.fid_weights, "file"),
+        "--fid_stats": (fv.fid_stats, "file"),
+        "--segmenter_weights": (fv.segmenter_weights, "file"),
+        "dataset.root": (str(config.dataset.root or ""), "dir"),
+        "the checkpoint": (checkpoint_dir, "dir"),
+    }
+    outputs.check_not_inputs(
+        {"--out": (out, "dir"), "--save_real_stats": (fv.save_real_stats, "file")}, inputs
+    )
+    paths = {"metrics": os.path.join(out, "metrics.json")}
+    if with_generator and fv.fid_weights:
+        paths["fake_stats"] = os.path.join(out, "fake_stats.npz")
+    if fv.save_real_stats:
+        paths["real_stats"] = fv.save_real_stats
+    existing = list(paths.values())
+    image_dir = os.path.join(out, "images")
+    if fv.save_images and os.path.isdir(image_dir) and os.listdir(image_dir):
+        existing.append(image_dir)
+    outputs.check_absent(existing, overwrite=fv.overwrite)
+    return paths
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m ecgan_jax.evaluate",
-        description="FID (and mIoU/accuracy) of a generator on the validation split.",
-        epilog="Config overrides: --config.FIELD=VALUE (e.g. --config.dataset.root=/data/x).",
-    )
-    add_checkpoint_flags(parser)
-    parser.add_argument(
-        "--fid_weights",
-        required=True,
-        help="FID InceptionV3 .npz (python -m ecgan_jax.eval.inception)",
-    )
-    parser.add_argument("--fid_stats", default=None, help="real statistics .npz (mu, sigma)")
-    parser.add_argument(
-        "--save_real_stats", default=None, help="write the real images' statistics here"
-    )
-    parser.add_argument(
-        "--segmenter_weights", default=None, help="DRN-D-105 .npz (python -m ecgan_jax.eval.drn)"
-    )
-    parser.add_argument("--segmenter_classes", type=int, default=19)
-    parser.add_argument("--label_mapping", choices=LABEL_MAPPINGS, default="auto")
-    parser.add_argument(
-        "--out", default=None, help="output folder (default: <workdir>/eval for a training workdir)"
-    )
-    parser.add_argument("--max_images", type=int, default=0, help="first N images (0: all)")
-    parser.add_argument("--save_images", action="store_true", help="write I'' to <out>/images")
-    args, rest = parser.parse_known_args(argv)
-    config = load_cli_config(args.config, rest)
-    if args.workdir is None and args.checkpoint is None:
-        parser.error("give --workdir and/or --checkpoint")
-    if args.fid_stats and args.save_real_stats:
-        parser.error("--save_real_stats needs the real images: leave out --fid_stats")
-    out = args.out
-    if out is None:
-        from ecgan_jax.inference import is_converted_checkpoint
+def _scores(seg: dict) -> dict:
+    return {
+        "miou": seg["miou"],
+        "pixel_accuracy": seg["pixel_accuracy"],
+        "mean_class_accuracy": seg["mean_class_accuracy"],
+        "per_class_iou": [float(v) for v in seg["per_class_iou"]],
+        "class_present": [bool(v) for v in seg["class_present"]],
+        "num_pixels": int(seg["num_pixels"]),
+    }
 
-        if args.workdir is None or is_converted_checkpoint(args.workdir):
-            parser.error("--out is needed unless --workdir is a training workdir")
-        out = os.path.join(args.workdir, "eval")
 
+# --------------------------------------------------------------------------- command
+
+
+def evaluate(fv: flags.FlagValues) -> dict:
+    """The command on parsed flags; returns the report written to `<out>/metrics.json`."""
+    config = cli_flags.load_config(fv)
+    with_generator = fv.workdir is not None or fv.checkpoint is not None
+    if not with_generator and not fv.real:
+        cli_flags.require_checkpoint(fv)
+    seg_name, seg_classes, mapping_name = _segmenter_choice(fv, config)
+    if fv.real and seg_name is None:
+        raise cli_flags.CommandLineError(
+            "--real scores the segmenter on the real images: give --segmenter_weights"
+        )
+    if with_generator and not fv.fid_weights and seg_name is None:
+        raise cli_flags.CommandLineError(
+            "nothing to measure: give --fid_weights (FID) and/or --segmenter_weights (mIoU)"
+        )
+    if fv.fid_stats and fv.save_real_stats:
+        raise cli_flags.CommandLineError(
+            "--save_real_stats needs the real images: leave out --fid_stats"
+        )
+    if fv.save_real_stats and not (with_generator and fv.fid_weights):
+        raise cli_flags.CommandLineError("--save_real_stats needs --fid_weights and a generator")
+    out = _default_out(fv)
+
+    from ecgan_jax import data as data_lib
     from ecgan_jax import inference
     from ecgan_jax.eval import fid as fid_lib
-    from ecgan_jax.eval.inception import load_inception
+
+    checkpoint = inference.resolve_checkpoint(fv.workdir, fv.checkpoint) if with_generator else None
+    checkpoint_dir = None
+    if checkpoint is not None:
+        checkpoint_dir = (
+            checkpoint.path if checkpoint.kind == "converted" else os.path.dirname(checkpoint.path)
+        )
+    paths = _check_outputs(
+        fv, config, out, with_generator=with_generator, checkpoint_dir=checkpoint_dir
+    )
 
     # Every input file first, so a missing one fails before any compute.
-    inception = load_inception(args.fid_weights)
-    real_stats = fid_lib.load_statistics(args.fid_stats) if args.fid_stats else None
-    segmenter = seg_protocol = mapping = None
-    if args.segmenter_weights:
-        from ecgan_jax.eval.drn import drn_segmenter, load_drn
+    inception = real_stats = segmenter = mapping = None
+    use_fid = with_generator and bool(fv.fid_weights)
+    if use_fid:
+        from ecgan_jax.eval.inception import load_inception
 
-        segmenter = drn_segmenter(
-            load_drn(args.segmenter_weights, args.segmenter_classes),
-            num_classes=args.segmenter_classes,
+        inception = load_inception(fv.fid_weights)
+        real_stats = fid_lib.load_statistics(fv.fid_stats) if fv.fid_stats else None
+    h, w = (int(v) for v in config.dataset.image_size)
+    if seg_name is not None:
+        protocol_lib.segmenter_spec(seg_name).check_size(h, w)
+        segmenter = protocol_lib.load_segmenter(
+            seg_name, fv.segmenter_weights, num_classes=seg_classes, scales=fv.segmenter_scales
         )
-        mapping, mapping_text = _label_mapping(args.label_mapping, config)
-        h, w = (int(v) for v in config.dataset.image_size)
-        if h % 8 or w % 8:
-            raise ValueError(f"DRN-D-105 needs H and W multiples of 8; image_size is {(h, w)}")
-        seg_protocol = {
-            "network": "DRN-D-105 (fyu/drn DRNSeg, single scale, Cityscapes mean/std)",
-            "weights": os.path.abspath(args.segmenter_weights),
-            "num_classes": args.segmenter_classes,
-            "label_mapping": mapping_text,
-            "labels": "nearest-resized to the generated resolution",
-            "ignore_label": 255,
-            "accuracy": "pixel accuracy over non-ignored pixels",
-            "miou": "mean IoU over classes present in the ground truth or the prediction",
+        mapping = protocol_lib.LABEL_MAPPINGS[mapping_name]
+    mesh, batch_size = cli_flags.mesh_and_batch(fv)
+    available = data_lib.make_eval_iterator(
+        config, batch_size=batch_size, process_index=0, process_count=1
+    ).num_examples
+    num_images = min(available, fv.max_images) if fv.max_images else available
+
+    loaded = cli_flags.restore_generator(fv, config) if with_generator else None
+    generator_block = None
+    if loaded is not None:
+        ref = loaded.checkpoint
+        generator_block = {
+            "output": "I'' (the generator's final image)",
+            "parameters": loaded.params,
+            "checkpoint": {"kind": ref.kind, "path": ref.path, "step": ref.step},
         }
-        if config.dataset.name != "cityscapes":
-            seg_protocol["note"] = (
-                f"DRN-D-105 is the Cityscapes segmenter; on {config.dataset.name!r} these "
-                "numbers are not the conventional protocol (§5: UperNet for ADE20K, DeepLab-v2 "
-                "for COCO-Stuff)"
-            )
-            logging.warning("%s", seg_protocol["note"])
-
-    loaded = inference.restore_generator(
-        config, workdir=args.workdir, checkpoint=args.checkpoint, use_ema=not args.raw
-    )
-    mesh = inference.make_mesh(args.num_devices)
-    batch_size = batch_for_mesh(args.batch_size, mesh)
-    os.makedirs(out, exist_ok=True)
-    callback = None
-    if args.save_images:
-        from PIL import Image
-
-        image_dir = os.path.join(out, "images")
-        os.makedirs(image_dir, exist_ok=True)
-
-        def callback(stems, images):
-            for stem, img in zip(stems, images, strict=True):
-                Image.fromarray(img).save(os.path.join(image_dir, f"{stem}.png"))
-
-    result = inference.evaluate_generator(
+    fid_info = seg_info = None
+    if use_fid:
+        fid_info = protocol_lib.fid_block(
+            weights=fv.fid_weights,
+            stats_file=fv.fid_stats,
+            num_images=num_images,
+            resolution=(h, w),
+            split=str(config.dataset.eval_split),
+        )
+    if seg_name is not None:
+        seg_info = protocol_lib.segmentation_block(
+            config,
+            segmenter=seg_name,
+            weights=fv.segmenter_weights,
+            num_classes=seg_classes,
+            label_mapping=mapping_name,
+            scales=fv.segmenter_scales,
+        )
+    block = protocol_lib.protocol_block(
         config,
-        loaded.module,
-        loaded.variables,
-        max_images=args.max_images,
-        inception_variables=inception,
-        real_stats=real_stats,
-        segmenter=segmenter,
-        label_mapping=mapping or inference.identity_labels,
-        batch_size=batch_size,
-        mesh=mesh,
-        image_callback=callback,
+        num_images=num_images,
+        generator=generator_block,
+        fid=fid_info,
+        segmentation=seg_info,
     )
-    fid_lib.save_statistics(os.path.join(out, "fake_stats.npz"), *result["fake_stats"])
-    if args.save_real_stats:
-        fid_lib.save_statistics(args.save_real_stats, *result["real_stats"])
-
-    metrics = {"fid": result["fid"]}
-    seg = result.get("segmentation")
-    if seg is not None:
-        metrics.update(
-            miou=seg["miou"],
-            pixel_accuracy=seg["pixel_accuracy"],
-            mean_class_accuracy=seg["mean_class_accuracy"],
-            per_class_iou=[float(v) for v in seg["per_class_iou"]],
-            class_present=[bool(v) for v in seg["class_present"]],
-        )
-    ref = loaded.checkpoint
-    protocol = {
-        "output": "I'' (the generator's final image), quantised to uint8 as saved PNGs",
-        "parameters": loaded.params,
-        "checkpoint": {"kind": ref.kind, "path": ref.path, "step": ref.step},
-        "config": args.config,
-        "dataset": str(config.dataset.name),
-        "split": str(config.dataset.eval_split),
-        "num_images": result["num_images"],
-        "max_images": args.max_images or None,
-        "resolution": result["resolution"],
-        "fid": {
-            "network": FID_NETWORK,
-            "weights": os.path.abspath(args.fid_weights),
-            "reference": (
-                f"statistics file {os.path.abspath(args.fid_stats)}"
-                if args.fid_stats
-                else f"the same {result['num_images']} real {config.dataset.eval_split} images "
-                "at the generated resolution (uint8)"
-            ),
-            "distance": "Frechet distance in float64 (scipy sqrtm), pytorch-fid's rules",
-            "fake_stats": os.path.abspath(os.path.join(out, "fake_stats.npz")),
-            "real_stats": _abspath(args.save_real_stats or args.fid_stats),
-        },
-        "segmentation": seg_protocol,
+    block["config"] = {
+        "file": cli_flags.config_spec(fv),
+        "overrides": cli_flags.config_overrides(fv),
     }
-    report = {"metrics": metrics, "protocol": protocol}
-    path = os.path.join(out, "metrics.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-    step = "" if ref.step is None else f" step {ref.step}"
-    line = (
-        f"FID {_fmt(metrics['fid'])}"
-        + (
-            f"  mIoU {_fmt(metrics['miou'])}  acc {_fmt(metrics['pixel_accuracy'])}"
-            if seg is not None
-            else ""
+    block["max_images"] = fv.max_images or None
+    print(protocol_lib.format_block(block), flush=True)
+
+    report = {"protocol": block, "metrics": None}
+    if loaded is not None:
+        callback = None
+        if fv.save_images:
+            image_dir = os.path.join(out, "images")
+
+            def callback(stems, images):
+                for stem, img in zip(stems, images, strict=True):
+                    outputs.save_png(os.path.join(image_dir, f"{stem}.png"), img)
+
+        result = inference.evaluate_generator(
+            config,
+            loaded.module,
+            loaded.variables,
+            max_images=fv.max_images,
+            inception_variables=inception,
+            real_stats=real_stats,
+            segmenter=segmenter,
+            label_mapping=mapping or inference.identity_labels,
+            batch_size=batch_size,
+            mesh=mesh,
+            image_callback=callback,
         )
-        + f"  ({result['num_images']} images, {loaded.params} params{step}, "
-        f"{result['resolution'][0]}x{result['resolution'][1]}, I''); written {path}"
-    )
-    print(line)
+        if result["num_images"] != num_images:
+            raise RuntimeError(
+                f"evaluated {result['num_images']} images, expected {num_images} (eval split)"
+            )
+        metrics = {"num_images": result["num_images"]}
+        if use_fid:
+            metrics["fid"] = float(result["fid"])
+            fid_lib.save_statistics(paths["fake_stats"], *result["fake_stats"])
+            if fv.save_real_stats:
+                fid_lib.save_statistics(paths["real_stats"], *result["real_stats"])
+            block["fid"]["fake_stats"] = os.path.abspath(paths["fake_stats"])
+            if fv.save_real_stats:
+                block["fid"]["real_stats"] = os.path.abspath(paths["real_stats"])
+        if result.get("segmentation") is not None:
+            metrics.update(_scores(result["segmentation"]))
+        report["metrics"] = metrics
+    if fv.real:
+        real = protocol_lib.score_real_images(
+            config,
+            segmenter,
+            mapping,
+            max_images=fv.max_images,
+            batch_size=batch_size,
+            mesh=mesh,
+        )
+        report["real"] = {"num_images": real["num_images"], **_scores(real)}
+    outputs.save_json(paths["metrics"], report)
+
+    lines = []
+    if report["metrics"] is not None:
+        m = report["metrics"]
+        step = "" if loaded.checkpoint.step is None else f" step {loaded.checkpoint.step}"
+        lines.append(
+            (f"FID {_fmt(m['fid'])}  " if "fid" in m else "")
+            + (f"mIoU {_fmt(m['miou'])}  acc {_fmt(m['pixel_accuracy'])}  " if "miou" in m else "")
+            + f"({m['num_images']} images, {loaded.params} params{step}, {h}x{w}, I'')"
+        )
+    if "real" in report:
+        r = report["real"]
+        lines.append(
+            f"real images: mIoU {_fmt(r['miou'])}  acc {_fmt(r['pixel_accuracy'])}  "
+            f"({r['num_images']} images, {h}x{w})"
+        )
+    print("\n".join(lines) + f"\nwritten {paths['metrics']}", flush=True)
     return report
 
 
+def main(argv: Sequence[str]) -> dict:
+    """`evaluate` in-process: `main(["--config=...", ...])` (argv[0] optional); the report."""
+    return evaluate(cli_flags.parse(argv, define_flags))
+
+
 def run() -> None:
-    logging.basicConfig(level=logging.INFO)
-    main()
+    """`python -m ecgan_jax.evaluate`."""
+    cli_flags.run(evaluate, define_flags, __doc__)
 
 
 if __name__ == "__main__":
