@@ -29,6 +29,8 @@ import pytest
 
 from ecgan_jax.eval import deeplab, segmentation
 
+# One worker under xdist, so the module fixture (full-size weights, converted) is built once.
+pytestmark = pytest.mark.xdist_group("deeplab")
 SHALLOW = (1, 1, 1, 1)  # one block per layer for the MSC test: same code, fast compile
 
 

@@ -30,6 +30,8 @@ import pytest
 
 from ecgan_jax.eval import segmentation, upernet
 
+# One worker under xdist, so the module fixture (full-size weights, converted) is built once.
+pytestmark = pytest.mark.xdist_group("upernet")
 SHALLOW = (1, 1, 1, 1)  # a 4-block encoder for the multi-scale test: same code, fast compile
 
 
@@ -182,6 +184,8 @@ def test_scaled_input_size_and_targets():
         (320, 320), (384, 384), (480, 480), (544, 544), (608, 608),
     ]  # fmt: skip
     assert upernet.scaled_input_size(256, 512, 600) == (512, 1024)  # capped by 1000, rounded
+    with pytest.raises(ValueError, match="test_sizes=\\(\\); give positive short sides"):
+        upernet.upernet_segmenter({}, test_sizes=())
     labels = np.array([[0, 1], [150, 7]])
     np.testing.assert_array_equal(upernet.ade20k_targets(labels), [[-1, 0], [149, 6]])
 

@@ -95,9 +95,9 @@ def _conv(features, kernel, stride=1, name=None, precision=HIGHEST, bias=False):
     )
 
 
-def _conv_bn_relu(x, features, kernel, name, precision, stride=1):
+def _conv_bn_relu(x, features, kernel, name, precision):
     """conv `{name}_conv` (no bias) + BN `{name}_bn` + ReLU, created in the caller's scope."""
-    x = _conv(features, kernel, stride, f"{name}_conv", precision)(x)
+    x = _conv(features, kernel, 1, f"{name}_conv", precision)(x)
     return nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=f"{name}_bn")(x))
 
 
@@ -158,8 +158,8 @@ class UPerNetHead(nn.Module):
 class UperNet(nn.Module):
     """Encoder + decoder: ImageNet-normalised (B, H, W, 3) -> logits (B, ~H/4, ~W/4, K).
 
-    Any H, W >= 32 work (the output is ceil(ceil(H/2)/2) rows); the test sizes are
-    multiples of 32, where it is exactly H/4.
+    Any H, W work (the output has ceil(ceil(H/2)/2) rows); the test sizes are multiples of
+    32, where it is exactly H/4.
     """
 
     num_classes: int = ADE20K_CLASSES
@@ -353,6 +353,11 @@ def upernet_segmenter(
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
     sizes = None if test_sizes is None else tuple(int(s) for s in test_sizes)
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        raise ValueError(
+            f"upernet_segmenter: test_sizes={test_sizes!r}; give positive short sides, or None "
+            "for one pass at the input size"
+        )
 
     def apply_fn(v, images):
         h, w = images.shape[1:3]
