@@ -247,6 +247,7 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
             f"--out={out}",
             f"--max_images={n}",
             f"--save_real_stats={real}",
+            "--save_images",
             "--batch_size=2",
             "--num_devices=1",
         ]
@@ -299,6 +300,10 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
     diff = f1.mean(0) - f2.mean(0)
     want = diff @ diff + ((a1**2).sum() + (a2**2).sum()) / (n - 1) - 2 * nuclear
     assert m["fid"] == pytest.approx(want, rel=1e-3)
+    stems = [str(x) for x in batch["stem"][:n]]
+    assert sorted(os.listdir(out / "images")) == sorted(f"{x}.png" for x in stems)
+    for stem, image in zip(stems, fake_u8, strict=True):
+        np.testing.assert_array_equal(read_png(out / "images" / f"{stem}.png"), image)
 
     # --fid_stats: the given statistics are the reference.
     seen = []
@@ -345,6 +350,24 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
         evaluate.main(again)
     assert evaluate.main([*again, "--overwrite"])["protocol"]["generator"]["parameters"] == "ema"
 
+    # --real alone: the segmenter on the real images only (no generator, no FID).
+    only = evaluate.main(
+        [
+            f"--config={os.path.join(ROOT, CONFIG)}",
+            "--real",
+            "--segmenter=drn_d_105",
+            f"--segmenter_weights={seg}",
+            f"--out={tmp_path / 'real_only'}",
+            f"--max_images={n}",
+            "--batch_size=2",
+            "--num_devices=1",
+        ]
+    )
+    assert only["metrics"] is None and only["real"]["num_images"] == n
+    assert only["real"]["num_pixels"] == n * 32 * 64 and 0 <= only["real"]["miou"] <= 1
+    assert only["protocol"]["generator"] is None and only["protocol"]["fid"] is None
+    assert only["protocol"]["segmentation"]["name"] == "drn_d_105"
+
 
 def test_errors_name_the_file_and_the_fix(run, tmp_path):
     config, workdir, _, _ = run
@@ -382,6 +405,16 @@ def test_errors_name_the_file_and_the_fix(run, tmp_path):
         evaluate.main(
             [cfg, f"--workdir={workdir}", f"--fid_weights={incep}", "--fid_stats=stats.npz"]
         )
+
+    # The synthetic dataset has no conventional segmenter: one must be named; --real needs one.
+    with pytest.raises(ValueError, match=r"'synthetic' has no conventional segmenter: pass --se"):
+        evaluate.main([cfg, f"--workdir={workdir}", f"--segmenter_weights={incep}"])
+    with pytest.raises(ValueError, match=r"--real scores the segmenter .*--segmenter_weights"):
+        evaluate.main([cfg, "--real", "--out=o"])
+    with pytest.raises(ValueError, match=r"--segmenter=upernet101 needs --segmenter_weights"):
+        evaluate.main([cfg, f"--workdir={workdir}", "--segmenter=upernet101"])
+    with pytest.raises(ValueError, match=r"nothing to measure: give --fid_weights"):
+        evaluate.main([cfg, f"--workdir={workdir}"])
 
     # A label value >= label_nc: the file and the values.
     Image.fromarray(np.full((32, 64), 9, np.uint8)).save(lab_dir / "y.png")

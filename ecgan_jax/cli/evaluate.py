@@ -1,4 +1,4 @@
-"""FID and mIoU / pixel accuracy of a trained generator on the validation split (§5, §D.5).
+r"""FID and mIoU / pixel accuracy of a trained generator on the validation split (§5, §D.5).
 
     python -m ecgan_jax.evaluate --config=configs/cityscapes.py --workdir=runs/cityscapes \
         --config.dataset.root=/data/cityscapes --fid_weights=weights/inception_fid.npz \

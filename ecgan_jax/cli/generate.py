@@ -1,4 +1,4 @@
-"""Generate images from label maps with a trained (or converted) generator.
+r"""Generate images from label maps with a trained (or converted) generator.
 
     python -m ecgan_jax.generate --config=configs/cityscapes.py --workdir=runs/cityscapes \
         --labels=DIR --out=DIR [--instances=DIR] [--checkpoint=STEP_OR_DIR] [--raw] \

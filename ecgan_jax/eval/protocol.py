@@ -243,9 +243,7 @@ def load_segmenter(
     """The `segmentation.Segmenter` of `SEGMENTERS[name]` with the converted `weights`."""
     spec = segmenter_spec(name)
     k = spec.num_classes if num_classes is None else int(num_classes)
-    if scales not in SCALES:
-        raise ValueError(f"--segmenter_scales={scales!r}; allowed: {', '.join(SCALES)}")
-    kwargs = spec.scale_kwargs.get(scales, spec.scale_kwargs["protocol"])
+    kwargs = spec.scale_kwargs[resolve_scales(spec, scales)]
     module = importlib.import_module(spec.module)
     variables = getattr(module, spec.loader)(weights, k)
     return getattr(module, spec.factory)(variables, num_classes=k, **kwargs)
@@ -257,8 +255,15 @@ def segmenter_spec(name: str) -> SegmenterSpec:
     return SEGMENTERS[name]
 
 
+def resolve_scales(spec: SegmenterSpec, scales: str) -> str:
+    """`scales`, or "protocol" for a network whose protocol is already single scale (DRN)."""
+    if scales not in SCALES:
+        raise ValueError(f"--segmenter_scales={scales!r}; allowed: {', '.join(SCALES)}")
+    return scales if scales in spec.scale_kwargs else "protocol"
+
+
 def input_rule(spec: SegmenterSpec, scales: str) -> str:
-    return spec.input_rule.get(scales, spec.input_rule["protocol"])
+    return spec.input_rule[resolve_scales(spec, scales)]
 
 
 # --------------------------------------------------------------------------- datasets
@@ -347,6 +352,7 @@ def segmentation_block(
 ) -> dict:
     """What the mIoU / accuracy numbers mean: network, weights, input, labels, ignored ids."""
     spec = segmenter_spec(segmenter)
+    scales = resolve_scales(spec, scales)
     mapping = LABEL_MAPPINGS[label_mapping]
     proto = for_config(config)
     h, w = (int(v) for v in config.dataset.image_size)
