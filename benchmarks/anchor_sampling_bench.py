@@ -2,6 +2,7 @@
 
     python benchmarks/anchor_sampling_bench.py            # Cityscapes shapes, 8 CPU devices
     python benchmarks/anchor_sampling_bench.py --small    # 1/4 of each side, for a quick look
+    python benchmarks/anchor_sampling_bench.py --run      # also time sample_anchors x3
 
 Compiles (no run, nothing allocated) under `jax.jit` with the batch sharded on the `data` axis
 of an 8-fake-CPU-device mesh, at the Cityscapes contrastive shapes (layers up_1/up_2/up_3 at
@@ -13,7 +14,8 @@ context mesh still gets) and `per_shard` (the default, traced under `jax.set_mes
 Per device it prints XLA's FLOPs and bytes accessed (`compiled.cost_analysis()`), the bytes
 that each kind of collective produces (the result sizes of all-gather / all-reduce /
 collective-permute / all-to-all / reduce-scatter in the compiled HLO), and the largest sort or
-TopK operand in elements.
+TopK operand in elements. `--run` also runs the sampling alone on random labels and prints
+its median wall time (the fake devices share the host's cores: a relative figure only).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -146,9 +149,32 @@ def compile_row(mesh, make, selection):
     return cost, hlo_summary(compiled.as_text()), seconds
 
 
+def time_sampling(mesh, make, selection, repeats=5):
+    """Median seconds of one call of the compiled sampling on random labels."""
+    fn, (labels, key) = make("global" if selection == "global" else "auto")
+    values = jax.device_put(
+        jax.random.randint(jax.random.PRNGKey(0), labels.shape, -1, 35, jnp.int32),
+        labels.sharding,
+    )
+    key = jax.device_put(jax.random.key_data(jax.random.PRNGKey(1)), key.sharding)
+    if selection == "per_shard":
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(fn).lower(labels, key).compile()
+    else:
+        compiled = jax.jit(fn).lower(labels, key).compile()
+    jax.block_until_ready(compiled(values, key))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(values, key))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="1/4 of each feature side")
+    parser.add_argument("--run", action="store_true", help="also time sample_anchors x3")
     args = parser.parse_args()
     mesh, batch, sizes, sampling, loss = build(args.small)
     print(
@@ -172,6 +198,10 @@ def main():
                 f"{seconds:.1f} |",
                 flush=True,
             )
+    if args.run:
+        for selection in ("global", "per_shard"):
+            seconds = time_sampling(mesh, sampling, selection)
+            print(f"sample_anchors x3, {selection}: {seconds * 1e3:.0f} ms per call (median)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def resize_labels_nearest(labels: jax.Array, *, size: tuple[int, int]) -> jax.Array:
@@ -126,8 +127,6 @@ def _select_global(scores, payload, k):
 def _select_per_shard(scores, payload, k, mesh, axis_name):
     """Top-k within each device's shard of the batch (`shard_map`), then a top-k over the
     all-gathered `num_shards·min(k, B_local·n)` candidates, the same on every device."""
-    from jax.sharding import PartitionSpec as P
-
     b, n = scores.shape
     shards = int(mesh.shape[axis_name])
     local = (b // shards) * n
