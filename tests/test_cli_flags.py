@@ -121,18 +121,24 @@ def test_bad_config_files_are_one_line_errors(tmp_path):
 
 def test_calls_share_no_flag_state():
     """Each call parses into its own FlagValues: nothing leaks between calls or into absl's
-    global FLAGS, and the training command's global flags (cli/train.py) do not collide."""
-    import ecgan_jax.cli.train  # noqa: F401  (defines --config/--workdir in absl's FLAGS)
-
-    first = parse("--raw", "--config.model.dtype=bfloat16", "--labels=a")
-    second = parse()
-    assert first.raw and not second.raw and second.labels is None
-    assert cli_flags.load_config(second).model.dtype == "float32"
-    assert "labels" not in flags.FLAGS and "segmenter" not in flags.FLAGS
-    assert "config.model.dtype" not in flags.FLAGS
-    # Both commands' flags in one process, one after the other.
-    ev = parse("--real", define=evaluate.define_flags)
-    assert ev.real and "labels" not in ev and "segmenter" not in second
+    global FLAGS, and flags of the same names there (cli/train.py defines --config and
+    --workdir in it) do not collide."""
+    added = [n for n in ("config", "workdir", "labels") if n not in flags.FLAGS]
+    for name in added:
+        flags.DEFINE_string(name, "global", "a global flag of the same name")
+    try:
+        first = parse("--raw", "--config.model.dtype=bfloat16", "--labels=a", "--workdir=w")
+        second = parse()
+        assert first.raw and not second.raw and second.labels is None
+        assert (first.workdir, second.workdir) == ("w", None)
+        assert cli_flags.load_config(second).model.dtype == "float32"
+        assert "segmenter" not in flags.FLAGS and "config.model.dtype" not in flags.FLAGS
+        # Both commands' flags in one process, one after the other.
+        ev = parse("--real", define=evaluate.define_flags)
+        assert ev.real and "labels" not in ev and "segmenter" not in second
+    finally:
+        for name in added:
+            delattr(flags.FLAGS, name)
 
 
 def _program(module, *args, cwd):

@@ -7,6 +7,7 @@ UperNet-101, DeepLab-v2: the full networks, at 64x64) and random FID weights, ru
 with `--real` in-process, and checks the protocol block (printed before any number, and in
 the JSON) and the numbers: the pixels scored are exactly the non-ignored pixels of the label
 files as this test counts them from the raw annotation values, for I″ and for the real images.
+Then `generate` on the split's label folder must write the very images `evaluate` scored.
 The 2048-d Fréchet distance is stubbed (scipy's sqrtm is tested in test_fid.py).
 """
 
@@ -20,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from ecgan_jax import config_lib
-from ecgan_jax.cli import evaluate
+from ecgan_jax.cli import evaluate, generate
 from ecgan_jax.data.fake_trees import write_split
 from ecgan_jax.eval import deeplab, drn, fid, inception, upernet
 from ecgan_jax.interop import state_dict as sd_lib
@@ -144,6 +146,7 @@ def test_evaluate_per_dataset_protocol(dataset, fid_weights, tmp_path, monkeypat
             f"--segmenter_weights={seg_weights}",
             "--segmenter_scales=single",  # the networks' multi-scale tests upsample to 600 px
             "--real",
+            "--save_images",
             f"--out={out}",
             f"--max_images={N}",
             "--batch_size=2",
@@ -189,3 +192,27 @@ def test_evaluate_per_dataset_protocol(dataset, fid_weights, tmp_path, monkeypat
         assert 0 <= scores["miou"] <= 1 and 0 <= scores["pixel_accuracy"] <= 1
         assert len(scores["per_class_iou"]) == classes
     assert os.path.isfile(out / "fake_stats.npz")
+
+    # `generate` on the same label folder (instance maps found beside the labels, where the
+    # layout keeps them) writes the images `evaluate` scored; never inside the dataset root.
+    labels_dir = os.path.dirname(files["s0"]["paths"]["label"])
+    if dataset == "cityscapes":
+        labels_dir = os.path.dirname(labels_dir)  # gtFine/val: the city folders are scanned
+    command = [
+        f"--config={os.path.join(ROOT, config_file)}",
+        *overrides,
+        f"--workdir={ckpt}",
+        f"--labels={labels_dir}",
+        "--batch_size=2",
+        "--num_devices=1",
+    ]
+    with pytest.raises(ValueError, match=r"lies inside an input folder \(dataset\.root="):
+        generate.main([*command, f"--out={root / 'generated'}"])
+    written = generate.main([*command, f"--out={tmp_path / 'generated'}"])
+    assert [os.path.basename(p) for p in written] == ["s0.png", "s1.png"]
+    for path in written:
+        got = np.asarray(Image.open(path))
+        assert got.shape == (*SIZE, 3)
+        np.testing.assert_array_equal(
+            got, np.asarray(Image.open(out / "images" / os.path.basename(path)))
+        )

@@ -42,6 +42,7 @@ __all__ = [
     "config_overrides",
     "config_spec",
     "define_checkpoint_flags",
+    "define_config_flag",
     "load_config",
     "mesh_and_batch",
     "parse",
@@ -53,7 +54,7 @@ __all__ = [
 
 DefineFn = Callable[[flags.FlagValues, "Sequence[str] | None"], None]
 # What `run` reports in one line instead of a traceback: bad flags, files and values.
-USER_ERRORS = (ValueError, OSError, KeyError)
+USER_ERRORS = (ValueError, OSError)
 
 
 class CommandLineError(ValueError):
@@ -63,21 +64,32 @@ class CommandLineError(ValueError):
 # --------------------------------------------------------------------------- definitions
 
 
-def define_checkpoint_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None) -> None:
-    """The flags every command that runs a generator takes (module docstring).
+def define_config_flag(
+    flag_values: flags.FlagValues,
+    argv: Sequence[str] | None,
+    help_string: str = "config file[:variant] of the run, e.g. configs/cityscapes.py "
+    "(overrides: --config.x.y=v)",
+) -> None:
+    """`--config=FILE[:variant]` with `--config.x.y=v` overrides, locked as in training.
 
     `argv`: the command line that `flag_values` will parse (`config_flags` reads the
-    `--config.x=v` overrides from it); None: `sys.argv` at parse time.
+    overrides from it, not from the parser's argument); None: `sys.argv` at parse time.
     """
-    fv = flag_values
     config_flags.DEFINE_config_file(
         "config",
         None,
-        "config file[:variant] of the run, e.g. configs/cityscapes.py (overrides: --config.x.y=v)",
-        flag_values=fv,
+        help_string,
+        flag_values=flag_values,
         lock_config=True,
         sys_argv=None if argv is None else list(argv),
     )
+
+
+def define_checkpoint_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None) -> None:
+    """The flags every command that runs a generator takes (module docstring); `argv` as in
+    `define_config_flag`."""
+    fv = flag_values
+    define_config_flag(fv, argv)
     flags.DEFINE_string(
         "workdir",
         None,
@@ -289,8 +301,7 @@ def run(command: Callable[[flags.FlagValues], object], define_flags: DefineFn, d
             command(fv)
         except USER_ERRORS as e:
             logging.debug("error details", exc_info=True)
-            message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.write(f"error: {e}\n")
             return 1
         return 0
 
