@@ -230,12 +230,7 @@ def evaluate(fv: flags.FlagValues) -> dict:
     from ecgan_jax import inference
     from ecgan_jax.eval import fid as fid_lib
 
-    checkpoint = inference.resolve_checkpoint(fv.workdir, fv.checkpoint) if with_generator else None
-    checkpoint_dir = None
-    if checkpoint is not None:
-        checkpoint_dir = (
-            checkpoint.path if checkpoint.kind == "converted" else os.path.dirname(checkpoint.path)
-        )
+    checkpoint_dir = cli_flags.checkpoint_folder(fv) if with_generator else None
     paths = _check_outputs(
         fv, config, out, with_generator=with_generator, checkpoint_dir=checkpoint_dir
     )
@@ -262,14 +257,6 @@ def evaluate(fv: flags.FlagValues) -> dict:
     num_images = min(available, fv.max_images) if fv.max_images else available
 
     loaded = cli_flags.restore_generator(fv, config) if with_generator else None
-    generator_block = None
-    if loaded is not None:
-        ref = loaded.checkpoint
-        generator_block = {
-            "output": "I'' (the generator's final image)",
-            "parameters": loaded.params,
-            "checkpoint": {"kind": ref.kind, "path": ref.path, "step": ref.step},
-        }
     fid_info = seg_info = None
     if use_fid:
         fid_info = protocol_lib.fid_block(
@@ -291,7 +278,7 @@ def evaluate(fv: flags.FlagValues) -> dict:
     block = protocol_lib.protocol_block(
         config,
         num_images=num_images,
-        generator=generator_block,
+        generator=_generator_block(loaded),
         fid=fid_info,
         segmentation=seg_info,
     )
@@ -353,6 +340,25 @@ def evaluate(fv: flags.FlagValues) -> dict:
         report["real"] = {"num_images": real["num_images"], **_scores(real)}
     outputs.save_json(paths["metrics"], report)
 
+    print("\n".join([*_summary(report, loaded, (h, w)), f"written {paths['metrics']}"]))
+    return report
+
+
+def _generator_block(loaded) -> dict | None:
+    """Where the scored images come from (the protocol's `generator`); None: real images."""
+    if loaded is None:
+        return None
+    ref = loaded.checkpoint
+    return {
+        "output": "I'' (the generator's final image)",
+        "parameters": loaded.params,
+        "checkpoint": {"kind": ref.kind, "path": ref.path, "step": ref.step},
+    }
+
+
+def _summary(report: dict, loaded, size) -> list[str]:
+    """One line per scored set: the generated images, then the real ones."""
+    h, w = size
     lines = []
     if report["metrics"] is not None:
         m = report["metrics"]
@@ -368,8 +374,7 @@ def evaluate(fv: flags.FlagValues) -> dict:
             f"real images: mIoU {_fmt(r['miou'])}  acc {_fmt(r['pixel_accuracy'])}  "
             f"({r['num_images']} images, {h}x{w})"
         )
-    print("\n".join(lines) + f"\nwritten {paths['metrics']}", flush=True)
-    return report
+    return lines
 
 
 def main(argv: Sequence[str]) -> dict:

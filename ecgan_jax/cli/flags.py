@@ -39,6 +39,7 @@ from ecgan_jax import config_lib
 __all__ = [
     "CommandLineError",
     "batch_for_mesh",
+    "checkpoint_folder",
     "config_overrides",
     "config_spec",
     "define_checkpoint_flags",
@@ -245,6 +246,16 @@ def require_checkpoint(fv: flags.FlagValues) -> None:
         raise CommandLineError(
             "give --workdir (a training workdir or a converted checkpoint) and/or --checkpoint"
         )
+
+
+def checkpoint_folder(fv: flags.FlagValues) -> str:
+    """The folder holding --workdir / --checkpoint's generator (an input: never written to):
+    a converted checkpoint itself, or the `checkpoints/` folder of a training step."""
+    from ecgan_jax import inference
+
+    require_checkpoint(fv)
+    ref = inference.resolve_checkpoint(fv.workdir, fv.checkpoint)
+    return ref.path if ref.kind == "converted" else os.path.dirname(ref.path)
 
 
 def restore_generator(fv: flags.FlagValues, config):

@@ -259,22 +259,13 @@ def generate_directory(
 # --------------------------------------------------------------------------- command
 
 
-def _checkpoint_input(fv) -> dict:
-    """{"the checkpoint": (folder, "dir")} of --workdir / --checkpoint (never written to)."""
-    from ecgan_jax import inference
-
-    ref = inference.resolve_checkpoint(fv.workdir, fv.checkpoint)
-    folder = ref.path if ref.kind == "converted" else os.path.dirname(ref.path)
-    return {"the checkpoint": (folder, "dir")}
-
-
 def generate(fv: flags.FlagValues) -> list[str]:
     """The command on parsed flags; returns the paths of the I″ images written."""
     config = cli_flags.load_config(fv)
     cli_flags.require(fv, "labels", "out")
     cli_flags.require_checkpoint(fv)
     files = list_label_files(config, fv.labels, fv.instances)
-    inputs = _checkpoint_input(fv)
+    inputs = {"the checkpoint": (cli_flags.checkpoint_folder(fv), "dir")}
     if config.dataset.root:
         inputs["dataset.root"] = (str(config.dataset.root), "dir")
     # Every check before the generator is restored and compiled.
