@@ -14,6 +14,7 @@ number `python -m ecgan_jax.evaluate` prints comes after, and is saved with, a p
 
 255 is ignored (`IGNORE_LABEL`); COCO-Stuff's unlabeled pixels are 182 after the pipeline's
 dontcare mapping and go back to 255; identity ignores values outside [0, K).
+
 Labels are those of the eval pipeline (`data.make_eval_iterator`): the annotation files
 resized to `dataset.image_size` by nearest neighbour, after the dataset's unknown mapping; the
 segmenter sees the generated image I″ (or, with `score_real_images`, the real image)
@@ -22,11 +23,12 @@ quantised to uint8, at that resolution, and each network applies its own test ru
 pixels; mIoU the mean IoU over the classes present in the ground truth or the prediction
 (`segmentation.scores_from_confusion`).
 
-    spec = for_config(config)                     # the dataset's protocol
-    seg = load_segmenter("drn_d_105", "weights/drn.npz")
-    mapping = LABEL_MAPPINGS[spec.label_mapping]
-    block = protocol_block(config, segmenter=..., fid=..., num_images=500)
-    print(format_block(block))
+    proto = for_config(config)                    # the dataset's protocol (Cityscapes: DRN)
+    seg = load_segmenter(proto.segmenter, "weights/drn.npz")
+    real = score_real_images(config, seg, LABEL_MAPPINGS[proto.label_mapping], max_images=500)
+    info = segmentation_block(config, segmenter=proto.segmenter, weights="weights/drn.npz",
+                              num_classes=19, label_mapping=proto.label_mapping)
+    print(format_block(protocol_block(config, num_images=500, segmentation=info)))
 """
 
 from __future__ import annotations
@@ -43,18 +45,26 @@ __all__ = [
     "DATASETS",
     "IGNORE_LABEL",
     "LABEL_MAPPINGS",
+    "SCALES",
     "SEGMENTERS",
     "DatasetProtocol",
     "LabelMapping",
     "SegmenterSpec",
     "ade20k_to_targets",
+    "cityscapes_to_targets",
     "coco_stuff_to_targets",
+    "default_num_classes",
+    "fid_block",
     "for_config",
     "format_block",
     "identity_targets",
+    "input_rule",
     "load_segmenter",
     "protocol_block",
+    "resolve_scales",
     "score_real_images",
+    "segmentation_block",
+    "segmenter_spec",
     "sha256_file",
 ]
 
