@@ -37,6 +37,7 @@ import importlib.resources
 import json
 import logging
 import re
+import socket
 import urllib.parse
 
 import numpy as np
@@ -229,6 +230,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "ecgan-serve/1"
     protocol_version = "HTTP/1.1"  # keep-alive: the page sends a request per stroke
     timeout = 60  # seconds a client may take to send its request
+
+    def setup(self):
+        super().setup()
+        # The headers and the body go out in two writes; with Nagle's algorithm the second
+        # waits for the client's delayed ACK of the first (about 40 ms on Linux).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)

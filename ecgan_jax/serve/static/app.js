@@ -69,7 +69,8 @@
 
   function line(from, to) {
     const dist = Math.hypot(to[0] - from[0], to[1] - from[1]);
-    const steps = Math.max(1, Math.ceil(dist / Math.max(0.5, state.brush / 4)));
+    // Stamps a quarter pixel apart: the stroke's outline is then the brush circle swept.
+    const steps = Math.max(1, Math.ceil(dist / 0.25));
     for (let s = 1; s <= steps; s++) {
       const t = s / steps;
       stamp(from[0] + (to[0] - from[0]) * t, from[1] + (to[1] - from[1]) * t);
@@ -364,7 +365,9 @@
     canvas.width = W;
     canvas.height = H;
     imageData = ctx.createImageData(W, H);
-    const scale = Math.max(1, Math.round(640 / W));
+    // Label map and I″ side by side in the window where they fit, in whole-pixel steps.
+    const room = (Math.max(window.innerWidth, 800) - 300) / 2 - 24;
+    const scale = Math.max(1, Math.min(8, Math.floor(room / W)));
     for (const el of [canvas, $('final'), $('first'), $('edge'), $('real')]) {
       el.style.width = `${W * scale}px`;
       el.style.height = `${H * scale}px`;
