@@ -27,7 +27,8 @@ from ecgan_jax.data import palette, synthetic
 from ecgan_jax.eval.quality import to_uint8
 from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.serve import catalog, codec
-from ecgan_jax.serve.server import build_app, make_http_server
+from ecgan_jax.serve.engine import EngineBusy, GenerationEngine
+from ecgan_jax.serve.server import ServeApp, build_app, make_http_server
 
 pytestmark = pytest.mark.xdist_group("serve")
 MAX_BODY = 64 * 1024
@@ -254,3 +255,45 @@ def test_codec_round_trip_and_dontcare():
     raw = np.array([[0, 255], [181, 255]], np.uint8)
     back, _ = codec.read_label_png(png(raw), 183, size=(2, 2), dontcare=182)
     np.testing.assert_array_equal(back, [[0, 182], [181, 182]])
+
+
+class _FailingEngine:
+    """Stands in for GenerationEngine: its generate raises `error`."""
+
+    image_size, batch_size, compile_seconds = (32, 64), 1, 0.0
+
+    def __init__(self, error):
+        self.error = error
+
+    def generate(self, label, instance):
+        raise self.error
+
+
+def test_busy_queue_and_generator_failure_answers():
+    config = config_lib.load_config("configs/synthetic.py:smoke")
+    body = label_png(blocky_label(6))
+    busy = ServeApp(_FailingEngine(EngineBusy("64 requests are already waiting")), config)
+    response = busy.handle("POST", "/api/generate", body)
+    assert response.status == 503 and b"already waiting" in response.body
+    broken = ServeApp(_FailingEngine(RuntimeError("out of\nmemory")), config)
+    response = broken.handle("POST", "/api/generate", body)
+    assert response.status == 500
+    assert response.body == b"generation failed: RuntimeError: out of memory\n"
+
+
+def test_engine_refuses_past_its_queue(served):
+    config, generator, variables, _, _ = served
+    engine = GenerationEngine(generator, variables, config, batch_size=1, max_queue=1)
+    try:
+        label = blocky_label(7)
+        futures, refused = [], 0
+        for _ in range(3):
+            try:
+                futures.append(engine.submit(label, label))
+            except EngineBusy as e:
+                refused += 1
+                assert "1 requests are already waiting for the generator; retry" in str(e)
+        assert refused >= 1
+        assert all(f.result(timeout=60).final.shape == (32, 64, 3) for f in futures)
+    finally:
+        engine.close()

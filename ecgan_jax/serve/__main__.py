@@ -55,18 +55,28 @@ def main(argv):
         raise app.UsageError("give --workdir and/or --checkpoint")
     from ecgan_jax.serve.server import build_app, make_http_server
 
-    serve_app = build_app(
-        FLAGS.config,
-        workdir=FLAGS.workdir,
-        checkpoint=FLAGS.checkpoint,
-        use_ema=not FLAGS.raw,
-        batch_size=FLAGS.batch_size,
-        batch_window_s=FLAGS.batch_window_ms / 1000.0,
-        num_samples=FLAGS.num_samples,
-        class_names=FLAGS.class_names,
-        max_body_bytes=FLAGS.max_body_bytes,
-    )
-    httpd = make_http_server(serve_app, FLAGS.host, FLAGS.port)
+    try:
+        serve_app = build_app(
+            FLAGS.config,
+            workdir=FLAGS.workdir,
+            checkpoint=FLAGS.checkpoint,
+            use_ema=not FLAGS.raw,
+            batch_size=FLAGS.batch_size,
+            batch_window_s=FLAGS.batch_window_ms / 1000.0,
+            num_samples=FLAGS.num_samples,
+            class_names=FLAGS.class_names,
+            max_body_bytes=FLAGS.max_body_bytes,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"ecgan_jax.serve: {e}") from None
+    try:
+        httpd = make_http_server(serve_app, FLAGS.host, FLAGS.port)
+    except OSError as e:
+        serve_app.engine.close()
+        raise SystemExit(
+            f"ecgan_jax.serve: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another "
+            "--port or --host"
+        ) from None
     if not _is_loopback(FLAGS.host):
         logging.warning("listening on %s: anyone who can reach it can use the page", FLAGS.host)
     print(f"ecgan_jax.serve: open {httpd.url}/ (Ctrl-C stops)", flush=True)

@@ -23,9 +23,10 @@ never per request.
                                       generate command does (the page's upload)
 
 Bad input answers HTTP 400 with one plain-text line naming what is wrong and what is allowed
-(`codec.BadInput`); a full queue 503; unknown paths 404. Instance maps are derived from the
-label map (`codec.instances_from_labels`). Bind to 127.0.0.1 (the default) unless the page
-should be reachable from other machines: there is no authentication.
+(`codec.BadInput`); a full queue 503; a failure of the generator 500; unknown paths 404.
+Instance maps are derived from the label map (`codec.instances_from_labels`). Bind to
+127.0.0.1 (the default) unless the page should be reachable from other machines: there is no
+authentication.
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ class ServeApp:
             return _text(str(e), 400)
         except EngineBusy as e:
             return _text(str(e), 503)
+        except Exception as e:  # the generator failed: say so instead of dropping the connection
+            logging.exception("request %s %s failed", method, route)
+            return _text(f"generation failed: {type(e).__name__}: {e}".replace("\n", " "), 500)
 
     @staticmethod
     def _output(query) -> str:
