@@ -5,7 +5,9 @@ tiny random generator, with a config override (`--config.seed=3`, which picks ot
 validation scenes). The browser paints a stroke with a class and the test checks: the image
 changes, the page's label map (encoded by the page's own PNG writer) holds the stroke, and the
 page shows exactly what POST /api/generate returns for that map; undo restores map and image;
-fill paints the connected region that scipy finds. A screenshot is saved in the test's tmp dir.
+fill paints the connected region that scipy finds; the two downloads hold the page's label map
+and image; an uploaded PNG of twice the size arrives resized. A screenshot is saved in the
+test's tmp dir.
 
 Needs Chromium, its driver (Debian: `apt-get install chromium chromium-driver`) and selenium
 (`pip install -e ".[serve]"`); skipped without them, a failure with ECGAN_REQUIRE_BROWSER=1.
@@ -92,7 +94,12 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(served):
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(served, downloads):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -103,6 +110,8 @@ def browser(served):
         options.add_argument(arg)
     options.add_argument("--window-size=1280,860")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    options.add_experimental_option("prefs", prefs)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     yield driver
     driver.quit()
@@ -148,7 +157,7 @@ def api_final(url: str, png: bytes) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())))
 
 
-def test_paint_a_stroke_and_the_image_follows(served, browser, tmp_path):
+def test_paint_a_stroke_and_the_image_follows(served, browser, downloads, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -193,9 +202,28 @@ def test_paint_a_stroke_and_the_image_follows(served, browser, tmp_path):
     driver.find_element(By.CSS_SELECTOR, ".class-button[data-id='1']").click()
     left, top = -canvas.size["width"] // 2 + 1, -canvas.size["height"] // 2 + 1
     ActionChains(driver).move_to_element_with_offset(canvas, left, top).click().perform()
-    wait_for_generation(driver, generation)
+    generation = wait_for_generation(driver, generation)
     regions, _ = scipy.ndimage.label(scene["label"] == scene["label"][0, 0])
     want = np.where(regions == regions[0, 0], 1, scene["label"])
     np.testing.assert_array_equal(page_ids(driver), want)
+    filled = page_ids(driver)
+
+    # Downloads: the label map (the page's PNG, ids as palette indices) and I″.
+    driver.find_element(By.ID, "download-label").click()
+    driver.find_element(By.ID, "download-image").click()
+    label_file, image_file = downloads / "label_map.png", downloads / "generated.png"
+    deadline = time.monotonic() + 30
+    while not (label_file.exists() and image_file.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    np.testing.assert_array_equal(np.asarray(Image.open(label_file)), filled)
+    np.testing.assert_array_equal(np.asarray(Image.open(image_file)), page_final(driver))
+
+    # Upload: a grey label map at twice the size comes back resized by nearest.
+    upload = tmp_path / "upload.png"
+    other = synthetic.SyntheticSource(16, (h, w), seed=3, stream=1)[5]["label"]
+    Image.fromarray(np.repeat(np.repeat(other, 2, 0), 2, 1).astype(np.uint8)).save(upload)
+    driver.find_element(By.ID, "upload").send_keys(str(upload))
+    generation = wait_for_generation(driver, generation)
+    np.testing.assert_array_equal(page_ids(driver), other)
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
