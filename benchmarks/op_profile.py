@@ -194,7 +194,7 @@ def main() -> None:
         run(a)
         return
     env = dict(os.environ)
-    from ecgan_jax.cli.train import set_cpu_scheduler_flag
+    from ecgan_jax.xla_cpu.flags import set_cpu_scheduler_flag
 
     set_cpu_scheduler_flag(env)  # as `python -m ecgan_jax.main` does
     raise SystemExit(

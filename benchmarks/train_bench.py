@@ -138,7 +138,7 @@ def main() -> None:
     cmd = [sys.executable, __file__, "--_child", *sys.argv[1:]]
     env = dict(os.environ)
     if not a.xla_default_scheduler:
-        from ecgan_jax.cli.train import set_cpu_scheduler_flag
+        from ecgan_jax.xla_cpu.flags import set_cpu_scheduler_flag
 
         set_cpu_scheduler_flag(env)  # as `python -m ecgan_jax.main` does
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)

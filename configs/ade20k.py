@@ -1,4 +1,4 @@
-"""ECGAN on ADE20K (ADEChallengeData2016), 256x256 (ECGAN_SPEC.md §1.3, §D.4).
+"""ECGAN on ADE20K (ADEChallengeData2016), 256x256 (docs/DESIGN.md §1.3, §D.4).
 
     python -m ecgan_jax.main --config=configs/ade20k.py --workdir=runs/ade20k \
         --config.dataset.root=/data/ADEChallengeData2016

@@ -1,4 +1,4 @@
-"""ECGAN on Cityscapes, 256x512 (ECGAN_SPEC.md §1.3, §D.4).
+"""ECGAN on Cityscapes, 256x512 (docs/DESIGN.md §1.3, §D.4).
 
     python -m ecgan_jax.main --config=configs/cityscapes.py --workdir=runs/cityscapes \
         --config.dataset.root=/data/cityscapes

@@ -1,4 +1,4 @@
-"""ECGAN on COCO-Stuff, 256x256 (ECGAN_SPEC.md §1.3, §D.4).
+"""ECGAN on COCO-Stuff, 256x256 (docs/DESIGN.md §1.3, §D.4).
 
     python -m ecgan_jax.main --config=configs/coco_stuff.py --workdir=runs/coco \
         --config.dataset.root=/data/cocostuff

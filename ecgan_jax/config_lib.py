@@ -1,4 +1,4 @@
-"""Configuration schema shared by every `configs/*.py` file (ECGAN_SPEC.md §1.3, §D.4).
+"""Configuration schema shared by every `configs/*.py` file (docs/DESIGN.md §1.3, §D.4).
 
 Config files under `configs/` call `base_config()` and override what differs per dataset; the
 `:smoke` argument of each shrinks widths, sizes and step counts for tests and CPU demos.
@@ -24,11 +24,11 @@ CONTRASTIVE_LAYERS = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every field the project reads, with the authors'/project defaults (ECGAN_SPEC.md §D.4)."""
+    """Every field the project reads, with the authors'/project defaults (docs/DESIGN.md §D.4)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    # --- data (ECGAN_SPEC.md §7, §D.6) ---
+    # --- data (docs/DESIGN.md §7, §D.6) ---
     c.dataset = d = ml_collections.ConfigDict()
     d.name = "synthetic"  # one of DATASETS
     d.root = ""  # dataset root directory (or TFDS data_dir with source="tfds")
@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.synthetic_num_images = 256  # size of the embedded synthetic dataset
     d.synthetic_eval_images = 16
 
-    # --- model (ECGAN_SPEC.md §2, §3) ---
+    # --- model (docs/DESIGN.md §2, §3) ---
     c.model = m = ml_collections.ConfigDict()
     m.ngf = 64
     m.ndf = 64
@@ -62,16 +62,20 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_D = 2
     m.n_layers_D = 4
     m.dtype = "float32"  # activation dtype: float32 or bfloat16 (params stay float32)
-    # Conv weight-gradient path (xla_cpu/conv.py): "auto" = "blocked" on CPU (about 3x faster
-    # backward at 256x512 on XLA:CPU), "xla" on GPU/TPU; same numbers either way.
-    m.conv_impl = "auto"
-    # SPADE layers keep only their input for the backward pass and recompute BN, gamma, beta
-    # there (ecgan_jax/xla_cpu/recompute.py): full Cityscapes config on CPU, batch 1: peak
-    # 5.87 -> 5.19
-    # GB for about 7% more step time (BENCHMARKS.md). Same values either way.
-    m.spade_recompute = True
 
-    # --- optimisation (ECGAN_SPEC.md §4.1, §D.4) ---
+    # --- runtime: how the model is compiled, never what it computes ---
+    c.runtime = r = ml_collections.ConfigDict()
+    # XLA:CPU machinery (ecgan_jax/xla_cpu): blocked conv weight gradients, SPADE and head
+    # recomputation, bit-packed VGG masks, memory ties in the step. "auto": on when the mesh the
+    # function is compiled for is made of CPU devices; "on"/"off" force it. Same values.
+    r.cpu_kernels = "auto"
+    # XLA:CPU code generation for the train step only (ignored on GPU/TPU). False compiles its
+    # fused elementwise ops with XLA's LLVM IR emitters instead of its newer MLIR fusion
+    # emitters (XLA's default), which keep every kernel in memory until the end of the compile;
+    # same step time (BENCHMARKS.md, "XLA:CPU fusion emitters"). True: XLA's default.
+    r.xla_cpu_fusion_emitters = False
+
+    # --- optimisation (docs/DESIGN.md §4.1, §D.4) ---
     c.batch_size = 32  # global batch over all devices and hosts
     c.lr = 2e-4  # base lr; TTUR gives lr_G = lr/2, lr_D = 2 lr
     c.ttur = True
@@ -80,20 +84,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.niter = 100  # epochs at constant lr
     c.niter_decay = 100  # epochs of linear decay to 0
     c.num_train_steps = -1  # > 0 overrides the epoch schedule (decay over the last half)
+    # A resumed run keeps the lr schedule it started with (run.json) when the step count
+    # changes; True: the lr reached at the resume step decays linearly to 0 at the new end.
+    c.extend_schedule = False
     c.lambda_feat = 10.0
     c.lambda_vgg = 10.0
     c.loss_weights = (1.0, 1.0, 2.0)  # (I', I'_e, I'')
     c.regenerate_fakes_for_d = False
     c.ema_decay = 0.9999
 
-    # --- perceptual loss (ECGAN_SPEC.md §4.1, §D.2) ---
+    # --- perceptual loss (docs/DESIGN.md §4.1, §D.2) ---
     c.perceptual = p = ml_collections.ConfigDict()
     p.enabled = True
     p.weights_path = ""  # .npz made by `python -m ecgan_jax.models.vgg --convert`
     p.random_weights = False  # tests/demos only: a randomly initialised VGG19
     p.imagenet_normalize = False
 
-    # --- contrastive learning (ECGAN_SPEC.md §D.3) ---
+    # --- contrastive learning (docs/DESIGN.md §D.3) ---
     c.contrastive = cl = ml_collections.ConfigDict()
     cl.enabled = True
     cl.layers = ("up_1", "up_2", "up_3")
@@ -107,17 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     cl.lambda_pixel = 1.0
     cl.lambda_class = 1.0
 
-    # --- similarity loss (ECGAN_SPEC.md §D.1) ---
+    # --- similarity loss (docs/DESIGN.md §D.1) ---
     c.lambda_sim = 0.0
 
     # --- devices ---
     c.num_devices = -1  # -1: every device of every process; N > 0: the first N (one host)
-    # XLA:CPU code generation for the train step only (ignored on GPU/TPU). False compiles its
-    # fused elementwise ops with XLA's LLVM IR emitters instead of its newer MLIR fusion
-    # emitters (XLA's default): the compiler's own memory peak drops from 2.4-2.7 to 1.0 GB at
-    # ngf 16 (it keeps every MLIR kernel until the end) and the full Cityscapes batch-1 peak
-    # 4.6-4.7 -> 4.5 GB, at the same step time (BENCHMARKS.md). True: XLA's default (XLA_FLAGS).
-    c.xla_cpu_fusion_emitters = False
 
     # --- bookkeeping ---
     c.log_every = 50
@@ -146,61 +147,127 @@ def num_upsampling(config: ml_collections.ConfigDict) -> int:
     return UPSAMPLING_LAYERS[config.model.num_upsampling_layers]
 
 
+class ConfigError(ValueError):
+    """Invalid config fields; the message lists each one (field, value, what is allowed)."""
+
+
 def _fail(field: str, value, allowed: str) -> None:
-    raise ValueError(f"config field '{field}' = {value!r} is invalid; allowed: {allowed}")
+    raise ConfigError(f"config field '{field}' = {value!r} is invalid; allowed: {allowed}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# (field, test, allowed) of every numeric field with a range; `c` is the whole config.
+_INT_AT_LEAST = {
+    "model.ngf": 1, "model.ndf": 1, "model.num_D": 1, "model.n_layers_D": 1,
+    "model.spade_hidden": 1, "dataset.label_nc": 1, "dataset.num_workers": 0,
+    "dataset.prefetch": 0, "dataset.synthetic_num_images": 1, "dataset.synthetic_eval_images": 1,
+    "dataset.unknown_label": -1, "dataset.load_size": 1, "batch_size": 1, "niter": 0,
+    "niter_decay": 0, "contrastive.dim": 1, "contrastive.num_anchors": 1,
+    "contrastive.pixel_bank_size": 1, "contrastive.region_bank_size": 1,
+    "contrastive.bank_push_per_class": 1, "log_every": 1, "image_every": 0,
+    "checkpoint_every": 1, "keep_checkpoints": 1, "num_eval_images": 1,
+}  # fmt: skip
+_FLOAT_AT_LEAST = {
+    "lambda_feat": 0.0, "lambda_vgg": 0.0, "lambda_sim": 0.0, "contrastive.lambda_pixel": 0.0,
+    "contrastive.lambda_class": 0.0,
+}  # fmt: skip
+_BOOLS = (
+    "ttur", "regenerate_fakes_for_d", "extend_schedule", "dataset.flip",
+    "dataset.contain_dontcare_label",
+    "dataset.no_instance", "perceptual.enabled", "perceptual.random_weights",
+    "perceptual.imagenet_normalize", "contrastive.enabled", "contrastive.cross_scale",
+    "runtime.xla_cpu_fusion_emitters", "keep_best_fid",
+)  # fmt: skip
+_CHOICES = {
+    "dataset.name": DATASETS, "dataset.source": ("files", "tfds"),
+    "dataset.preprocess": ("fixed", "resize_and_crop"),
+    "dataset.edges": ("on_the_fly", "precomputed"),
+    "model.num_upsampling_layers": tuple(UPSAMPLING_LAYERS), "model.dtype": DTYPES,
+    "runtime.cpu_kernels": ("auto", "on", "off"),
+}  # fmt: skip
+
+
+def get_field(config: ml_collections.ConfigDict, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def _problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Every invalid field of `config`, one line each: field, value, what is allowed."""
+    out = []
+
+    def bad(field, value, allowed):
+        out.append(f"config field '{field}' = {value!r} is invalid; allowed: {allowed}")
+
+    for field, choices in _CHOICES.items():
+        if get_field(config, field) not in choices:
+            bad(field, get_field(config, field), ", ".join(choices))
+    for field, low in _INT_AT_LEAST.items():
+        v = get_field(config, field)
+        if not _is_int(v) or v < low:
+            bad(field, v, f"an integer >= {low}")
+    for field, low in _FLOAT_AT_LEAST.items():
+        v = get_field(config, field)
+        if not _is_number(v) or not low <= v < float("inf"):
+            bad(field, v, f"a finite number >= {low}")
+    for field in _BOOLS:
+        if not isinstance(get_field(config, field), bool):
+            bad(field, get_field(config, field), "True, False")
+    if not _is_number(config.lr) or not 0 < config.lr < float("inf"):
+        bad("lr", config.lr, "a finite number > 0")
+    for field in ("beta1", "beta2", "ema_decay"):
+        if not _is_number(config[field]) or not 0.0 <= config[field] < 1.0:
+            bad(field, config[field], "a number in [0, 1)")
+    if not _is_number(config.contrastive.temperature) or config.contrastive.temperature <= 0:
+        bad("contrastive.temperature", config.contrastive.temperature, "a number > 0")
+    steps = config.num_train_steps
+    if not _is_int(steps) or (steps < 1 and steps != -1):
+        bad("num_train_steps", steps, "-1 (the epoch schedule niter + niter_decay) or >= 1")
+    elif steps == -1 and _is_int(config.niter) and _is_int(config.niter_decay):
+        if config.niter + config.niter_decay < 1:
+            bad("niter + niter_decay", config.niter + config.niter_decay, ">= 1 epoch")
+    if not _is_int(config.num_devices) or (config.num_devices < 1 and config.num_devices != -1):
+        bad("num_devices", config.num_devices, "-1 (every device) or an integer >= 1")
+    weights = tuple(config.loss_weights)
+    if len(weights) != 3 or not all(_is_number(w) and w >= 0 for w in weights):
+        bad("loss_weights", weights, "three numbers >= 0 for (I', I'_e, I'')")
+    layers = tuple(config.contrastive.layers)
+    if any(layer not in CONTRASTIVE_LAYERS for layer in layers) or (
+        config.contrastive.enabled and not layers
+    ):
+        bad("contrastive.layers", layers, "a non-empty tuple of " + ", ".join(CONTRASTIVE_LAYERS))
+    if not out:  # the size rule needs valid upsampling and size fields
+        h, w = (int(v) for v in config.dataset.image_size)
+        n = num_upsampling(config)
+        if h % 2**n or w % 2**n or h <= 0 or w <= 0:
+            bad(
+                "dataset.image_size",
+                tuple(config.dataset.image_size),
+                f"(H, W) both positive multiples of 2**{n} = {2**n} "
+                f"for num_upsampling_layers='{config.model.num_upsampling_layers}'",
+            )
+    return out
 
 
 def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks every field with a closed set of values; returns the config unchanged."""
-    d, m = config.dataset, config.model
-    if d.name not in DATASETS:
-        _fail("dataset.name", d.name, ", ".join(DATASETS))
-    if d.source not in ("files", "tfds"):
-        _fail("dataset.source", d.source, "files, tfds")
-    if d.preprocess not in ("fixed", "resize_and_crop"):
-        _fail("dataset.preprocess", d.preprocess, "fixed, resize_and_crop")
-    if d.edges not in ("on_the_fly", "precomputed"):
-        _fail("dataset.edges", d.edges, "on_the_fly, precomputed")
-    if m.num_upsampling_layers not in UPSAMPLING_LAYERS:
-        _fail("model.num_upsampling_layers", m.num_upsampling_layers, "normal, more, most")
-    if m.conv_impl not in ("auto", "xla", "blocked"):
-        _fail("model.conv_impl", m.conv_impl, "auto, xla, blocked")
-    if m.dtype not in DTYPES:
-        _fail("model.dtype", m.dtype, ", ".join(DTYPES))
-    if int(d.label_nc) < 1:
-        _fail("dataset.label_nc", d.label_nc, "an integer >= 1")
-    h, w = (int(v) for v in d.image_size)
-    f = 2 ** num_upsampling(config)
-    if h % f or w % f or h <= 0 or w <= 0:
-        _fail(
-            "dataset.image_size",
-            tuple(d.image_size),
-            f"(H, W) both positive multiples of 2**{num_upsampling(config)} = {f} "
-            f"for num_upsampling_layers='{m.num_upsampling_layers}'",
-        )
-    for name in ("ngf", "ndf", "num_D", "n_layers_D", "spade_hidden"):
-        if int(m[name]) < 1:
-            _fail(f"model.{name}", m[name], "an integer >= 1")
-    if int(config.batch_size) < 1:
-        _fail("batch_size", config.batch_size, "an integer >= 1")
-    if len(tuple(config.loss_weights)) != 3:
-        _fail("loss_weights", config.loss_weights, "three weights for (I', I'_e, I'')")
-    for layer in config.contrastive.layers:
-        if layer not in CONTRASTIVE_LAYERS:
-            _fail(
-                "contrastive.layers",
-                tuple(config.contrastive.layers),
-                "a tuple of " + ", ".join(CONTRASTIVE_LAYERS),
-            )
-    for key, value in (
-        ("model.spade_recompute", m.spade_recompute),
-        ("regenerate_fakes_for_d", config.regenerate_fakes_for_d),
-        ("xla_cpu_fusion_emitters", config.get("xla_cpu_fusion_emitters", False)),
-    ):
-        if not isinstance(value, bool):
-            _fail(key, value, "True, False")
-    if not 0.0 <= float(config.ema_decay) < 1.0:
-        _fail("ema_decay", config.ema_decay, "a float in [0, 1)")
+    """Checks every field's type and range; returns the config unchanged.
+
+    Raises `ConfigError` listing every invalid field (one line each) before anything is built.
+    """
+    problems = _problems(config)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} invalid config fields:\n  " + "\n  ".join(problems))
     _validate_fid(config)
     return config
 
@@ -227,6 +294,19 @@ def _validate_fid(config: ml_collections.ConfigDict) -> None:
             f"with\n  {CONVERT_COMMAND}\nand pass --config.fid_weights=FILE.npz, or set "
             "--config.fid_every=0",
         )
+
+
+def nearest_fields(config: ml_collections.ConfigDict, key: str, n: int = 3) -> list[str]:
+    """The config's dotted field names closest to `key` (for a typo's message)."""
+    import difflib
+
+    def names(node, prefix=""):
+        for k, v in node.items():
+            yield prefix + k
+            if isinstance(v, ml_collections.ConfigDict):
+                yield from names(v, prefix + k + ".")
+
+    return difflib.get_close_matches(key, list(names(config)), n=n, cutoff=0.5)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -260,7 +340,9 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
             node = node[p]
         old = node[leaf]
     except (KeyError, AttributeError, TypeError):
-        raise KeyError(f"override {assignment!r}: no config field {key!r}") from None
+        near = nearest_fields(config, key)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise KeyError(f"override {assignment!r}: no config field {key!r}{hint}") from None
     try:
         if isinstance(old, tuple):
             node[leaf] = tuple(type(old[0])(v) for v in value.split(","))

@@ -40,6 +40,8 @@ from jax.sharding import PartitionSpec as P
 from ecgan_jax import config_lib
 from ecgan_jax.eval.quality import to_uint8
 from ecgan_jax.models.encoding import encode_labels_typed
+from ecgan_jax.sharding import DATA_AXIS, local_mesh, replicated
+from ecgan_jax.sharding import local_mesh as make_mesh  # the name the commands use
 
 __all__ = [
     "CheckpointRef",
@@ -56,7 +58,6 @@ __all__ = [
     "to_uint8",
 ]
 
-DATA_AXIS = "data"
 HOW_TO_GET_A_CHECKPOINT = (
     "train one with `python -m ecgan_jax.main --config=CONFIG --workdir=DIR`, or convert the "
     "authors' PyTorch weights with `python -m ecgan_jax.convert --config=CONFIG "
@@ -239,24 +240,20 @@ def load_generator(
 # --------------------------------------------------------------------------- generation
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D `data` mesh over this process's first `num_devices` devices (None/-1: all)."""
-    devices = jax.local_devices()
-    if num_devices is not None and num_devices > 0:
-        if num_devices > len(devices):
-            raise ValueError(f"num_devices={num_devices}, but only {len(devices)} are local")
-        devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def make_generate_fn(generator, config, mesh: Mesh | None = None) -> Callable:
+def make_generate_fn(
+    generator, config, mesh: Mesh | None = None, *, replicated_batch: bool = False
+) -> Callable:
     """jit(eval-mode generator): (variables, label (B,H,W), instance (B,H,W)) -> (I′, I″, I′_e).
 
     The batch is sharded on the `data` axis of `mesh` (default: one device); B must be a
-    multiple of its size. Labels are mapped class ids (`transforms.map_and_check_labels`);
-    `generate_batches` checks their range on the host.
+    multiple of its size. With `replicated_batch` the batch is replicated instead (any B; the
+    training loop's sample grids, whose result every process reads from a local shard).
+    Labels are mapped class ids (`transforms.map_and_check_labels`); `generate_batches`
+    checks their range on the host. Compiled with the backend hooks of `config.runtime`.
     """
-    mesh = make_mesh(1) if mesh is None else mesh
+    from ecgan_jax.xla_cpu import runtime_for
+
+    mesh = local_mesh(1) if mesh is None else mesh
     d = config.dataset
     channels = int(d.label_nc) + int(bool(d.contain_dontcare_label))
     use_instance = not bool(d.no_instance)
@@ -270,8 +267,9 @@ def make_generate_fn(generator, config, mesh: Mesh | None = None) -> Callable:
         )
         return generator.apply(variables, seg, train=False)
 
-    batch = NamedSharding(mesh, P(DATA_AXIS))
-    jitted = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), batch, batch))
+    batch = replicated(mesh) if replicated_batch else NamedSharding(mesh, P(DATA_AXIS))
+    fn = runtime_for(config, mesh).wrap(fn)
+    jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch, batch))
     return GenerateFn(jitted, mesh, channels)
 
 
@@ -386,6 +384,35 @@ def _as_statistics(real_stats):
     return np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
 
 
+def _eval_split(config, fn, variables, *, batch_size: int, limit: int | None, real: bool):
+    """Yields (stems, images uint8 (b,H,W,3), real uint8, labels) over the eval split: I″ of
+    the generator (or, with `real`, the real images themselves), padding rows dropped, at most
+    `limit` images in all."""
+    from ecgan_jax import data as data_lib
+
+    it = data_lib.make_eval_iterator(
+        config, batch_size=batch_size, process_index=0, process_count=1
+    )
+    count = 0
+    for batch in it:
+        keep = np.flatnonzero(np.asarray(batch["valid"]))
+        if limit is not None:
+            keep = keep[: limit - count]
+        if keep.size == 0:
+            return
+        real_u8 = image_to_uint8(np.asarray(batch["image"])[keep])
+        if real:
+            images = real_u8
+        else:
+            _, final, _ = _run(fn, variables, batch["label"], batch["instance"], batch_size)
+            images = to_uint8(final[keep])
+        count += keep.size
+        stems = [str(s) for s in np.asarray(batch["stem"])[keep]]
+        yield stems, images, real_u8, np.asarray(batch["label"])[keep]
+        if limit is not None and count >= limit:
+            return
+
+
 def evaluate_generator(
     config,
     generator,
@@ -396,10 +423,12 @@ def evaluate_generator(
     real_stats=None,
     segmenter=None,
     label_mapping: Callable = identity_labels,
+    ignore_label: int = 255,
     batch_size: int = 8,
     mesh: Mesh | None = None,
     image_callback: Callable | None = None,
     generate_fn: GenerateFn | None = None,
+    real_images: bool = False,
 ) -> dict:
     """Generates the eval split (`config.dataset.eval_split`) and scores I″ in one pass.
 
@@ -408,20 +437,20 @@ def evaluate_generator(
     "real_stats_source" ("computed" / "given"); with `segmenter`: "segmentation" (the
     `scores_from_confusion` dict)}. I″ is quantised to uint8 first (as saved PNGs); the FID
     inputs are uint8, the segmenter's those values mapped back to [-1, 1]. Labels for the
-    segmenter: `label_mapping(label)` (e.g. Cityscapes labelIds -> train ids, 255 ignored), at
-    the generated resolution (the eval pipeline resizes labels by nearest). Padding rows of the
-    eval iterator (`valid` False) are dropped; at most `max_images` (None or <= 0: all).
-    `image_callback(stems, final_uint8)` sees every kept batch (e.g. to write PNGs).
-    `generate_fn`: a `make_generate_fn(generator, config, mesh)` made once, for repeated calls
-    (periodic FID during training: no re-trace of the generator); it replaces `mesh`.
+    segmenter: `label_mapping(label)` (e.g. Cityscapes labelIds -> train ids), pixels equal to
+    `ignore_label` ignored, at the generated resolution (the eval pipeline resizes labels by
+    nearest). Padding rows of the eval iterator (`valid` False) are dropped; at most
+    `max_images` (None or <= 0: all). `image_callback(stems, final_uint8)` sees every kept
+    batch (e.g. to write PNGs). `generate_fn`: a `make_generate_fn(generator, config, mesh)`
+    made once, for repeated calls (periodic FID during training: no re-trace of the
+    generator); it replaces `mesh`. `real_images=True` scores the real images instead of I″
+    (the upper bound of the segmentation scores; `generator` and `variables` are unused).
 
     The whole split is read by this process (run it single-process).
     """
-    from ecgan_jax import data as data_lib
-
     if generate_fn is not None:
         mesh = generate_fn.mesh
-    mesh = make_mesh(1) if mesh is None else mesh
+    mesh = local_mesh(1) if mesh is None else mesh
     n_dev = mesh.devices.size
     if batch_size <= 0 or batch_size % n_dev:
         raise ValueError(
@@ -438,42 +467,34 @@ def evaluate_generator(
     if segmenter is not None:
         from ecgan_jax.eval.segmentation import SegmentationEvaluator
 
-        seg_eval = SegmentationEvaluator(segmenter, ignore_label=255, mesh=mesh)
-
-    fn = generate_fn or make_generate_fn(generator, config, mesh)
-    variables = jax.device_put(variables, NamedSharding(mesh, P()))
-    it = data_lib.make_eval_iterator(
-        config, batch_size=batch_size, process_index=0, process_count=1
-    )
+        seg_eval = SegmentationEvaluator(segmenter, ignore_label=ignore_label, mesh=mesh)
+    fn = None
+    if not real_images:
+        fn = generate_fn or make_generate_fn(generator, config, mesh)
+        variables = jax.device_put(variables, replicated(mesh))
     fake_feats, real_feats, count = [], [], 0
-    for batch in it:
-        keep = np.flatnonzero(np.asarray(batch["valid"]))
-        if limit is not None:
-            keep = keep[: limit - count]
-        if keep.size == 0:
-            break
-        _, final, _ = _run(fn, variables, batch["label"], batch["instance"], batch_size)
-        final_u8 = to_uint8(final[keep])
-        count += keep.size
+    kw = dict(batch_size=batch_size, mesh=mesh)
+    split = _eval_split(config, fn, variables, batch_size=batch_size, limit=limit, real=real_images)
+    for stems, images, real_u8, labels in split:
+        count += len(stems)
         if image_callback is not None:
-            image_callback([str(s) for s in np.asarray(batch["stem"])[keep]], final_u8)
+            image_callback(stems, images)
         if inception_variables is not None:
-            kw = dict(batch_size=batch_size, mesh=mesh)
-            fake_feats.append(extract_features(inception_variables, final_u8, **kw))
+            fake_feats.append(extract_features(inception_variables, images, **kw))
             if given is None:
-                real_u8 = image_to_uint8(np.asarray(batch["image"])[keep])
                 real_feats.append(extract_features(inception_variables, real_u8, **kw))
         if seg_eval is not None:
-            labels = label_mapping(np.asarray(batch["label"])[keep])
-            seg_eval.update(uint8_to_unit(final_u8), labels)
-        if limit is not None and count >= limit:
-            break
+            unit, targets = uint8_to_unit(images), np.asarray(label_mapping(labels), np.int32)
+            pad = batch_size - len(stems)
+            if pad:  # one shape for the segmenter; padded rows carry label -1 (not counted)
+                unit = np.concatenate([unit, np.zeros((pad, *unit.shape[1:]), unit.dtype)])
+                targets = np.concatenate(
+                    [targets, np.full((pad, *targets.shape[1:]), -1, np.int32)]
+                )
+            seg_eval.update(unit, targets)
     if count == 0:
         raise ValueError(f"the eval split of {config.dataset.name!r} yielded no image")
-    result = {
-        "num_images": count,
-        "resolution": [int(v) for v in config.dataset.image_size],
-    }
+    result = {"num_images": count, "resolution": [int(v) for v in config.dataset.image_size]}
     if inception_variables is not None:
         if count < 2:
             raise ValueError(f"FID needs at least 2 images, got {count} (max_images)")

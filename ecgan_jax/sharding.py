@@ -21,6 +21,16 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def local_mesh(num_devices: int | None = None) -> Mesh:
+    """`make_mesh` over this process's first `num_devices` devices (None or <= 0: all local)."""
+    devices = jax.local_devices()
+    if num_devices is not None and num_devices > 0:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices}, but only {len(devices)} are local")
+        devices = devices[:num_devices]
+    return make_mesh(devices)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

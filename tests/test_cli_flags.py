@@ -163,7 +163,7 @@ def test_programs_print_one_line_errors_and_help(tmp_path):
     from ecgan_jax.interop.authors import save_converted
 
     save_converted(str(conv), {"params": {"w": np.zeros(2, np.float32)}})
-    # --out=--labels: exit status 1, one line that names the folder and what to do.
+    # --out=--labels: exit status 2 (bad input), one line that names the folder and what to do.
     done = _program(
         "ecgan_jax.generate",
         f"--config={CONFIG}",
@@ -172,7 +172,7 @@ def test_programs_print_one_line_errors_and_help(tmp_path):
         f"--out={labels}",
         cwd=ROOT,
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: --out={labels} is an input folder (the label maps folder: {labels}); choose "
         "an --out outside it (inputs are never written to)"
@@ -180,7 +180,7 @@ def test_programs_print_one_line_errors_and_help(tmp_path):
     assert "Traceback" not in done.stderr
     # A bad override: the field, before anything runs.
     done = _program("ecgan_jax.evaluate", f"--config={CONFIG}", "--config.nope=1", cwd=ROOT)
-    assert done.returncode == 1 and "error: --config.nope: the config has no field" in done.stderr
+    assert done.returncode == 2 and "error: --config.nope: the config has no field" in done.stderr
     # --help (absl exits with status 1 after it): the command's docstring and its flags.
     done = _program("ecgan_jax.evaluate", "--help", cwd=ROOT)
     text = done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """Config overrides from strings (config_lib.apply_override) and the CLI's XLA flag."""
 
+import numpy as np
 import pytest
 
 from ecgan_jax.config_lib import apply_override, load_config
@@ -31,7 +32,7 @@ def test_bad_override_names_the_key(assignment, error, match):
 
 
 def test_training_cli_sets_the_cpu_memory_scheduler_flag_once():
-    from ecgan_jax.cli.train import CPU_SCHEDULER_FLAG, set_cpu_scheduler_flag
+    from ecgan_jax.xla_cpu.flags import CPU_SCHEDULER_FLAG, set_cpu_scheduler_flag
 
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     set_cpu_scheduler_flag(env)
@@ -49,7 +50,28 @@ def test_fusion_emitter_switch_must_be_a_bool():
     from ecgan_jax.config_lib import validate_config
 
     c = load_config("configs/cityscapes.py")
-    assert c.xla_cpu_fusion_emitters is False
-    c.xla_cpu_fusion_emitters = None  # (ConfigDict itself refuses a str for a bool)
-    with pytest.raises(ValueError, match="xla_cpu_fusion_emitters.*True, False"):
+    assert c.runtime.xla_cpu_fusion_emitters is False
+    c.runtime.xla_cpu_fusion_emitters = None  # (ConfigDict itself refuses a str for a bool)
+    with pytest.raises(ValueError, match="runtime.xla_cpu_fusion_emitters.*True, False"):
+        validate_config(c)
+
+
+def test_cpu_kernels_switch_follows_the_mesh_platform():
+    from types import SimpleNamespace
+
+    from ecgan_jax.config_lib import validate_config
+    from ecgan_jax.xla_cpu import cpu_kernels_enabled
+
+    def mesh(platform):
+        return SimpleNamespace(devices=np.array([SimpleNamespace(platform=platform)] * 2))
+
+    c = load_config("configs/cityscapes.py")
+    assert c.runtime.cpu_kernels == "auto"
+    assert cpu_kernels_enabled(c, mesh("cpu")) and not cpu_kernels_enabled(c, mesh("tpu"))
+    c.runtime.cpu_kernels = "off"
+    assert not cpu_kernels_enabled(c, mesh("cpu"))
+    c.runtime.cpu_kernels = "on"
+    assert cpu_kernels_enabled(c, mesh("gpu"))
+    c.runtime.cpu_kernels = "yes"
+    with pytest.raises(ValueError, match="runtime.cpu_kernels.*auto, on, off"):
         validate_config(c)

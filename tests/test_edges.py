@@ -143,7 +143,8 @@ def test_cli_edge_tree_equals_on_the_fly_edges(tmp_path, preprocess):
     def batches(edges, train):
         c = base_config()
         c.dataset.update(name="custom", root=str(tmp_path), image_size=(8, 16), label_nc=5,
-                         preprocess=preprocess, load_size=18, edges=edges)  # fmt: skip
+                         preprocess=preprocess, load_size=18, edges=edges,
+                         no_instance=True)  # fmt: skip
         c.batch_size = 1
         if train:
             it = make_train_iterator(c, process_index=0, process_count=1)

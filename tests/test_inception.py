@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgan_jax.interop import state_dict
 from ecgan_jax.eval import inception
+from ecgan_jax.interop import state_dict
 
 # (name, cin, cout, (kh, kw), stride, (ph, pw)) of every BasicConv2d, per block type.
 

@@ -15,8 +15,10 @@ from train_configs import demo_config
 from ecgan_jax.config_lib import load_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
-from ecgan_jax.training.loop import NonFiniteLossError, build_trainer, train_and_evaluate
-from ecgan_jax.training.step import jit_train_step, seed_after, train_step_compiler_options
+from ecgan_jax.training.loop import NonFiniteLossError, Preempted, build_trainer, train_and_evaluate
+from ecgan_jax.training.step import jit_train_step
+from ecgan_jax.xla_cpu import runtime_for
+from ecgan_jax.xla_cpu.runtime import seed_after
 
 CONFIGS = ("cityscapes", "ade20k", "coco_stuff", "synthetic")
 
@@ -40,7 +42,7 @@ def tree_max_abs_diff(a, b):
 def test_one_step_every_parameter_group_changes(name):
     config = load_config(f"configs/{name}.py:smoke")
     config.lambda_sim = 1.0  # exercise the optional similarity loss and label head too
-    config.model.conv_impl = "xla"  # compiles faster; the blocked path is in the other tests
+    config.runtime.cpu_kernels = "off"  # compiles faster; the CPU runtime is in the other tests
     mesh, state, step, vgg_params = setup_step(config, jax.devices()[:2])
     before = jax.device_get(state)
     with jax.transfer_guard("disallow"):
@@ -180,8 +182,9 @@ def test_sigterm_saves_and_stops(tmp_path):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    state = train_and_evaluate(config, str(tmp_path), step_callback=send_sigterm)
-    assert int(state.step) == 3  # the flag is seen after the next step
+    with pytest.raises(Preempted, match="stopped by SIGTERM at step 3") as stopped:
+        train_and_evaluate(config, str(tmp_path), step_callback=send_sigterm)
+    assert stopped.value.step == 3  # the flag is seen after the next step
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
@@ -239,9 +242,8 @@ def test_overfit_reduces_reconstruction_error():
     batch = {k: v for k, v in batch.items() if k != "stem"}
 
     def l1(state):  # I'' of the generator the loop logs image grids with (train=False)
-        _, final, _ = trainer.generate_fn(
-            state.g_params["generator"], state.g_stats, batch["label"], batch["instance"]
-        )
+        variables = {"params": state.g_params["generator"], **state.g_stats}
+        _, final, _ = trainer.generate_fn(variables, batch["label"], batch["instance"])
         return float(jnp.mean(jnp.abs(final - batch["image"])))
 
     gb = global_batch(batch, trainer.mesh)
@@ -306,11 +308,12 @@ def test_train_step_compiler_options_reach_xla(tmp_path, monkeypatch):
 
     config = demo_config()
     mesh = make_mesh(jax.devices()[:2])
-    assert train_step_compiler_options(config, mesh) == {"xla_cpu_use_fusion_emitters": False}
+    options = runtime_for(config, mesh).compiler_options
+    assert options(mesh) == {"xla_cpu_use_fusion_emitters": False}
     gpu_mesh = SimpleNamespace(devices=np.array([SimpleNamespace(platform="gpu")]))
-    assert train_step_compiler_options(config, gpu_mesh) is None  # a CPU-only option
-    config.xla_cpu_fusion_emitters = True
-    assert train_step_compiler_options(config, mesh) is None  # XLA's default
+    assert options(gpu_mesh) is None  # a CPU-only option
+    config.runtime.xla_cpu_fusion_emitters = True
+    assert runtime_for(config, mesh).compiler_options(mesh) is None  # XLA's default
 
     def step(state, batch, vgg_params):
         return state * 2.0, {"loss": jnp.sum(batch * vgg_params)}

@@ -42,6 +42,13 @@ from ecgan_jax.eval import protocol as protocol_lib
 
 # --------------------------------------------------------------------------- flags
 
+RANDOM = "random"  # --fid_weights=random: a randomly initialised InceptionV3 (smoke use only)
+RANDOM_WARNING = (
+    "WARNING: --fid_weights=random: InceptionV3 with RANDOM weights (seed 0). The 'FID' below "
+    "is a smoke-test figure, comparable only to other runs with random weights, never to a "
+    "published FID"
+)
+
 
 def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> None:
     """The flags of `evaluate`: the shared checkpoint flags plus its own."""
@@ -49,7 +56,8 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> Non
     flags.DEFINE_string(
         "fid_weights",
         None,
-        "FID InceptionV3 .npz (python -m ecgan_jax.eval.inception)",
+        "FID InceptionV3 .npz (python -m ecgan_jax.eval.inception), or 'random': random weights "
+        "for a smoke test offline (the FID is then labelled as not comparable to any other)",
         flag_values=fv,
     )
     flags.DEFINE_string(
@@ -163,7 +171,7 @@ def _default_out(fv) -> str:
 def _check_outputs(fv, config, out: str, *, with_generator: bool, checkpoint_dir) -> dict:
     """Refuses outputs over inputs or existing files; returns {role: path} of the outputs."""
     inputs = {
-        "--fid_weights": (fv.fid_weights, "file"),
+        "--fid_weights": (None if fv.fid_weights == RANDOM else fv.fid_weights, "file"),
         "--fid_stats": (fv.fid_stats, "file"),
         "--segmenter_weights": (fv.segmenter_weights, "file"),
         "dataset.root": (str(config.dataset.root or ""), "dir"),
@@ -239,9 +247,13 @@ def evaluate(fv: flags.FlagValues) -> dict:
     inception = real_stats = segmenter = mapping = None
     use_fid = with_generator and bool(fv.fid_weights)
     if use_fid:
-        from ecgan_jax.eval.inception import load_inception
+        from ecgan_jax.eval.inception import init_inception, load_inception
 
-        inception = load_inception(fv.fid_weights)
+        if fv.fid_weights == RANDOM:
+            print(RANDOM_WARNING, flush=True)
+            inception = init_inception(0)
+        else:
+            inception = load_inception(fv.fid_weights)
         real_stats = fid_lib.load_statistics(fv.fid_stats) if fv.fid_stats else None
     h, w = (int(v) for v in config.dataset.image_size)
     if seg_name is not None:
@@ -260,7 +272,7 @@ def evaluate(fv: flags.FlagValues) -> dict:
     fid_info = seg_info = None
     if use_fid:
         fid_info = protocol_lib.fid_block(
-            weights=fv.fid_weights,
+            weights=None if fv.fid_weights == RANDOM else fv.fid_weights,
             stats_file=fv.fid_stats,
             num_images=num_images,
             resolution=(h, w),

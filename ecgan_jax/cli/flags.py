@@ -17,7 +17,7 @@ A command module defines its flags in `define_flags(flag_values, argv)` (calling
   modules (or `cli/train.py`, whose flags live in absl's global `FLAGS`) defines nothing twice.
 * `run(command, define_flags, doc)`: the program entry (`python -m ecgan_jax.generate`):
   defines the flags in absl's global `FLAGS` (so `--help` lists them) and runs `app.run`;
-  bad input ends the program with one line naming the flag or file (exit status 1).
+  bad input ends the program with one line naming the flag or file (exit status 2).
 
 Errors of flag parsing are `CommandLineError` (a ValueError) with one line: an unknown config
 field names the override and the fields that exist, a missing config file its path, a bad
@@ -54,6 +54,13 @@ __all__ = [
 ]
 
 DefineFn = Callable[[flags.FlagValues, "Sequence[str] | None"], None]
+# Exit codes of every command (README "When something goes wrong"); `cli/train.py` adds
+# EXIT_PREEMPTED and EXIT_NON_FINITE. A traceback (exit 1) means a bug.
+EXIT_DONE = 0
+EXIT_BUG = 1
+EXIT_BAD_INPUT = 2  # a flag, config field, file or value refused, in one line
+EXIT_PREEMPTED = 3  # training stopped by SIGTERM after saving: rerun to resume
+EXIT_NON_FINITE = 4  # a loss or the state became NaN/inf: the last good checkpoint is kept
 # What `run` reports in one line instead of a traceback: bad flags, files and values.
 USER_ERRORS = (ValueError, OSError)
 
@@ -303,7 +310,7 @@ def run(command: Callable[[flags.FlagValues], object], define_flags: DefineFn, d
             return _parse_into(fv, list(argv))
         except CommandLineError as e:
             sys.stderr.write(f"error: {e}\nPass --help to see the flags.\n")
-            sys.exit(1)
+            sys.exit(EXIT_BAD_INPUT)
 
     def main(argv):
         if len(argv) > 1:
@@ -313,7 +320,7 @@ def run(command: Callable[[flags.FlagValues], object], define_flags: DefineFn, d
         except USER_ERRORS as e:
             logging.debug("error details", exc_info=True)
             sys.stderr.write(f"error: {e}\n")
-            return 1
-        return 0
+            return EXIT_BAD_INPUT
+        return EXIT_DONE
 
     app.run(main, flags_parser=parser)

@@ -11,27 +11,15 @@ ECGAN_LOCAL_DEVICE_IDS (comma list, e.g. `0,1,2,3`), passed on as `local_device_
 from __future__ import annotations
 
 import os
+import sys
 
-# XLA:CPU's default instruction scheduler favours running independent ops concurrently and
-# keeps more buffers alive; the memory-minimising one lowered the full Cityscapes step's peak
-# RSS from 7.27 to 5.93 GB at the same step time (BENCHMARKS.md). XLA reads this flag only from
-# XLA_FLAGS at backend start (a per-jit compiler option is accepted but has no effect), so it
-# is set here, before JAX is imported; an explicit setting in XLA_FLAGS wins. GPU/TPU ignore it.
-CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+from ecgan_jax.xla_cpu.flags import set_cpu_scheduler_flag
+from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas
 
-
-def set_cpu_scheduler_flag(environ=os.environ) -> None:
-    """Adds CPU_SCHEDULER_FLAG to environ["XLA_FLAGS"] unless the flag is already there."""
-    flags_now = environ.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags_now:
-        environ["XLA_FLAGS"] = f"{flags_now} {CPU_SCHEDULER_FLAG}".strip()
-
-
+# Both before JAX starts: XLA reads XLA_FLAGS at backend start, glibc its arena cap before
+# the first threads (ecgan_jax/xla_cpu/flags.py, hostmem.py).
 set_cpu_scheduler_flag()
-
-from ecgan_jax.xla_cpu.hostmem import limit_malloc_arenas  # noqa: E402
-
-limit_malloc_arenas()  # before JAX starts its thread pools (ecgan_jax/xla_cpu/hostmem.py)
+limit_malloc_arenas()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -96,17 +84,90 @@ def initialize_distributed(mode: str = "auto") -> None:
     )
 
 
+from ecgan_jax.cli.flags import (  # noqa: E402 - the exit codes of every command
+    EXIT_BAD_INPUT,
+    EXIT_NON_FINITE,
+    EXIT_PREEMPTED,
+)
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """Whether `error` is a refusal of the user's input (not a bug in the code)."""
+    from ecgan_jax.config_lib import ConfigError
+    from ecgan_jax.training.checkpointing import CheckpointError
+
+    if isinstance(error, (ConfigError, CheckpointError, OSError)):
+        return True
+    if not isinstance(error, (ValueError, KeyError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/ecgan_jax/" in tb.tb_frame.f_code.co_filename
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    initialize_distributed(FLAGS.distributed)
-    from ecgan_jax.training.loop import train_and_evaluate
+    from ecgan_jax.training.progress import quiet_library_logs
 
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    verbose = FLAGS.verbosity >= 1
+    quiet_library_logs(verbose)
+    initialize_distributed(FLAGS.distributed)
+    from ecgan_jax.training.loop import NonFiniteLossError, Preempted, train_and_evaluate
+
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except Preempted as e:
+        logging.warning("%s", e)
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteLossError as e:
+        fail(str(e), EXIT_NON_FINITE)
+    except Exception as e:
+        if verbose or not is_expected_error(e):
+            raise
+        fail(str(e).strip().strip("'\""), EXIT_BAD_INPUT)
+
+
+def parse_flags(argv):
+    """absl's parser, with an unknown or malformed flag (`--config.batch_sizee=4`) answered in
+    one line naming the nearest config fields instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        keys = [a[2:].split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        bad = None
+        if "config" in FLAGS and FLAGS["config"].value is not None:
+            from ecgan_jax.config_lib import get_field, nearest_fields
+
+            for key in keys:
+                try:
+                    get_field(FLAGS.config, key.removeprefix("config."))
+                except (KeyError, AttributeError):
+                    bad = key.removeprefix("config.")
+                    break
+        if bad is not None:
+            near = nearest_fields(FLAGS.config, bad)
+            hint = f"; did you mean --config.{' or --config.'.join(near)}?" if near else ""
+            fail(f"--config.{bad}: no such config field{hint}", EXIT_BAD_INPUT)
+        import re
+
+        message = str(e.args[0] if e.args else e).replace("\\n", " ")
+        near = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', message)
+        if near and keys:
+            wrong = next((k for k in keys if k.endswith(near.group(2))), keys[0])
+            right = wrong[: len(wrong) - len(near.group(2))] + near.group(1)
+            fail(f"--{wrong}: no such config field; did you mean --{right}?", EXIT_BAD_INPUT)
+        fail(" ".join(message.split())[:400], EXIT_BAD_INPUT)
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

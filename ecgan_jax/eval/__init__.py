@@ -1,4 +1,4 @@
-"""Evaluation metrics (ECGAN_SPEC.md §5, §D.5): FID with pytorch-fid's InceptionV3 and mIoU /
+"""Evaluation metrics (docs/DESIGN.md §5, §D.5): FID with pytorch-fid's InceptionV3 and mIoU /
 pixel accuracy through a segmenter interface (DRN-D-105 for Cityscapes).
 
 * `ecgan_jax.eval.inception`: the FID InceptionV3 in Flax and its weight converter.

@@ -1,4 +1,4 @@
-"""Fréchet Inception Distance as pytorch-fid computes it (ECGAN_SPEC.md §5, §D.5).
+"""Fréchet Inception Distance as pytorch-fid computes it (docs/DESIGN.md §5, §D.5).
 
     variables = load_inception("weights/inception_fid.npz")  # see inception.CONVERT_COMMAND
     feats = extract_features(variables, images, batch_size=32, mesh=mesh)   # (N, 2048) f32
@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import zipfile
 from collections.abc import Iterable
 
 import jax
@@ -39,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ecgan_jax.eval.inception import CONVERT_COMMAND, FEATURE_DIM, InceptionV3FID, load_inception
+from ecgan_jax.sharding import DATA_AXIS, local_mesh
 
 __all__ = [
     "compute_statistics",
@@ -51,7 +53,6 @@ __all__ = [
     "statistics_from_images",
 ]
 
-DATA_AXIS = "data"
 STATS_COMMAND = (
     "ecgan_jax.eval.fid: mu, sigma = compute_statistics(extract_features(load_inception(W), "
     "real_images, batch_size=...)); save_statistics(FILE, mu, sigma) — or pytorch-fid's "
@@ -61,8 +62,8 @@ STATS_COMMAND = (
 
 
 def default_mesh() -> Mesh:
-    """A 1-D `data` mesh over this process's devices."""
-    return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+    """A `data` mesh over every local device."""
+    return local_mesh()
 
 
 @functools.lru_cache(maxsize=8)
@@ -220,14 +221,21 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"FID statistics file not found: {path}. Nothing is downloaded; make it with "
             f"{STATS_COMMAND}"
         )
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
-        missing = [k for k in ("mu", "sigma") if k not in f.files]
-        if missing:
-            raise ValueError(
-                f"{path}: missing {missing}; a statistics file holds 'mu' and 'sigma' "
-                f"(found {f.files})"
-            )
-        mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
+            files = list(f.files)
+            if "mu" in files and "sigma" in files:
+                mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise ValueError(
+            f"cannot read FID statistics {path} ({type(e).__name__}: {e}); make it again with "
+            f"{STATS_COMMAND}"
+        ) from e
+    missing = [k for k in ("mu", "sigma") if k not in files]
+    if missing:
+        raise ValueError(
+            f"{path}: missing {missing}; a statistics file holds 'mu' and 'sigma' (found {files})"
+        )
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
     return mu, sigma

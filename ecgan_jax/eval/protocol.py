@@ -396,9 +396,12 @@ def segmentation_block(
 
 
 def fid_block(
-    *, weights: str, stats_file: str | None, num_images: int, resolution, split: str
+    *, weights: str | None, stats_file: str | None, num_images: int, resolution, split: str
 ) -> dict:
-    """What the FID means: network, weights, and the reference it is measured against."""
+    """What the FID means: network, weights, and the reference it is measured against.
+
+    `weights=None`: a randomly initialised network (smoke tests), labelled as such.
+    """
     h, w = (int(v) for v in resolution)
     if stats_file:
         reference = {
@@ -417,9 +420,9 @@ def fid_block(
             "images": f"the same {num_images} real {split} images, uint8, at {h}x{w}",
         }
     return {
-        "network": FID_NETWORK,
-        "weights": os.path.abspath(weights),
-        "weights_sha256": sha256_file(weights),
+        "network": FID_NETWORK if weights else f"{FID_NETWORK} with RANDOM weights (smoke test)",
+        "weights": os.path.abspath(weights) if weights else "random (seed 0): not comparable",
+        "weights_sha256": sha256_file(weights) if weights else None,
         "generated": {"count": int(num_images), "resolution": [h, w]},
         "reference": reference,
         "distance": FID_DISTANCE,

@@ -1,4 +1,4 @@
-"""Segmentation scores of generated images: mIoU and pixel accuracy (ECGAN_SPEC.md §5, §D.5).
+"""Segmentation scores of generated images: mIoU and pixel accuracy (docs/DESIGN.md §5, §D.5).
 
 Protocol (state it next to every number): a pretrained segmenter labels the generated images
 at the generated resolution; the ground-truth label maps are at the same resolution (resized
@@ -59,7 +59,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-DATA_AXIS = "data"
+from ecgan_jax.sharding import DATA_AXIS, local_mesh
+
 PAD_LABEL = -1  # label of padded rows: outside [0, K), so never counted
 
 # --------------------------------------------------------------------------- Cityscapes
@@ -142,7 +143,8 @@ def scores_from_confusion(confusion) -> dict:
 
 
 def default_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+    """A `data` mesh over every local device."""
+    return local_mesh()
 
 
 def _pad_rows(x: np.ndarray, multiple: int, value) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""ecgan_jax.losses: the losses as a library (ECGAN_SPEC.md §4.1, §D.1, §D.3).
+"""ecgan_jax.losses: the losses as a library (docs/DESIGN.md §4.1, §D.1, §D.3).
 
 Imports only jax and numpy (no flax, no configs, no TensorFlow). Every function takes
 keyword-only arguments (except the positional arrays of `supervised_contrastive_loss`),
@@ -29,18 +29,23 @@ from ecgan_jax.losses.memory_bank import (
 )
 from ecgan_jax.losses.perceptual import VGG_LAYER_WEIGHTS, vgg_perceptual_loss
 from ecgan_jax.losses.sampling import (
+    ANCHOR_SELECTIONS,
     AnchorSample,
+    anchor_scores,
     class_counts,
     l2_normalize,
     region_embeddings,
     resize_labels_nearest,
     sample_anchors,
+    select_top_pixels,
     valid_labels,
 )
 from ecgan_jax.losses.similarity import similarity_loss
 
 __all__ = [
+    "ANCHOR_SELECTIONS",
     "AnchorSample",
+    "anchor_scores",
     "ContrastiveAux",
     "MemoryBank",
     "VGG_LAYER_WEIGHTS",
@@ -61,6 +66,7 @@ __all__ = [
     "region_embeddings",
     "resize_labels_nearest",
     "sample_anchors",
+    "select_top_pixels",
     "similarity_loss",
     "supervised_contrastive_loss",
     "update_memory_bank",

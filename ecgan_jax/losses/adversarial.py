@@ -1,4 +1,4 @@
-"""Hinge GAN losses and discriminator feature matching (ECGAN_SPEC.md §4.1).
+"""Hinge GAN losses and discriminator feature matching (docs/DESIGN.md §4.1).
 
 The discriminator output format of the project is a list over scales (`num_D` of them), each a
 list of layer outputs `(B, h, w, C)` NHWC; the last tensor of each scale is the patch logit map
@@ -43,7 +43,7 @@ def hinge_discriminator_real_loss(*, discriminator_outputs: DiscriminatorOutputs
 
     Returns:
       float32 scalar. SPADE's `GANLoss(hinge, target_is_real=True, for_discriminator=True)`,
-      averaged over the scales (ECGAN_SPEC.md §4.1).
+      averaged over the scales (docs/DESIGN.md §4.1).
     """
     _check_outputs(
         "hinge_discriminator_real_loss(discriminator_outputs=...)", discriminator_outputs
@@ -54,7 +54,7 @@ def hinge_discriminator_real_loss(*, discriminator_outputs: DiscriminatorOutputs
 def hinge_discriminator_fake_loss(*, discriminator_outputs: DiscriminatorOutputs) -> jax.Array:
     """D's hinge loss on fake inputs: mean over scales of mean(relu(1 + D(fake))).
 
-    Args/returns as `hinge_discriminator_real_loss` (ECGAN_SPEC.md §4.1). The caller passes
+    Args/returns as `hinge_discriminator_real_loss` (docs/DESIGN.md §4.1). The caller passes
     the discriminator outputs of stop-gradient fakes.
     """
     _check_outputs(
@@ -66,7 +66,7 @@ def hinge_discriminator_fake_loss(*, discriminator_outputs: DiscriminatorOutputs
 def hinge_discriminator_loss(
     *, real_outputs: DiscriminatorOutputs, fake_outputs: DiscriminatorOutputs
 ) -> jax.Array:
-    """Full hinge D loss of one pair: real term + fake term (ECGAN_SPEC.md §4.1).
+    """Full hinge D loss of one pair: real term + fake term (docs/DESIGN.md §4.1).
 
     Args:
       real_outputs: D outputs on the real pair (scales × layers of `(B, h, w, C)`).
@@ -81,7 +81,7 @@ def hinge_discriminator_loss(
 
 
 def hinge_generator_loss(*, discriminator_outputs: DiscriminatorOutputs) -> jax.Array:
-    """G's hinge loss: mean over scales of −mean(D(fake)) (ECGAN_SPEC.md §4.1).
+    """G's hinge loss: mean over scales of −mean(D(fake)) (docs/DESIGN.md §4.1).
 
     Args:
       discriminator_outputs: D outputs on the fake pair (scales × layers of `(B, h, w, C)`);
@@ -101,7 +101,7 @@ def feature_matching_loss(
     lambda_feat: float,
     num_discriminators: int | None = None,
 ) -> jax.Array:
-    """Discriminator feature matching (pix2pixHD/SPADE), ECGAN_SPEC.md §4.1.
+    """Discriminator feature matching (pix2pixHD/SPADE), docs/DESIGN.md §4.1.
 
     (lambda_feat / num_D) · Σ_scales Σ_{intermediate layers j} mean|D_j(fake) − sg(D_j(real))|
 

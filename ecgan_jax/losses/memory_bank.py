@@ -1,4 +1,4 @@
-"""Per-class FIFO memory banks of pixel and region embeddings (ECGAN_SPEC.md §D.3.10).
+"""Per-class FIFO memory banks of pixel and region embeddings (docs/DESIGN.md §D.3.10).
 
 The bank is state, not parameters: a `MemoryBank` NamedTuple (a plain pytree, no flax) that
 lives in the train state, is checkpointed with it and is replicated over the mesh. All layers
@@ -39,7 +39,7 @@ class MemoryBank(NamedTuple):
 def init_memory_bank(
     *, num_classes: int, dim: int, pixel_bank_size: int, region_bank_size: int
 ) -> MemoryBank:
-    """An empty bank: zeros, every slot invalid, pointers at 0 (ECGAN_SPEC.md §D.3.10).
+    """An empty bank: zeros, every slot invalid, pointers at 0 (docs/DESIGN.md §D.3.10).
 
     Args:
       num_classes: K (classes 0..K−1).
@@ -133,7 +133,7 @@ def update_memory_bank(
     push_per_class: int,
     region_push_per_class: int | None = None,
 ) -> MemoryBank:
-    """Pushes this step's sampled pixels and region embeddings (ECGAN_SPEC.md §D.3.10).
+    """Pushes this step's sampled pixels and region embeddings (docs/DESIGN.md §D.3.10).
 
     Args:
       bank: the current `MemoryBank`.

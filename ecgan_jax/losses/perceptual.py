@@ -1,17 +1,15 @@
-"""VGG19 perceptual loss over precomputed feature lists (ECGAN_SPEC.md §4.1).
+"""VGG19 perceptual loss over precomputed feature lists (docs/DESIGN.md §4.1).
 
 The features come from `ecgan_jax.models.vgg.VGG19Features` (relu1_1 … relu5_1), or any other
-extractor. |x − y| keeps 1 bit per element for the backward pass (`ecgan_jax.bitmask`).
+extractor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-
-from ecgan_jax.xla_cpu import bitmask
 
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
@@ -21,14 +19,17 @@ def vgg_perceptual_loss(
     x_features: Sequence[jax.Array],
     y_features: Sequence[jax.Array],
     weights: Sequence[float] = VGG_LAYER_WEIGHTS,
+    abs_fn: Callable[[jax.Array], jax.Array] = jnp.abs,
 ) -> jax.Array:
-    """Σ_i w_i · mean|x_i − sg(y_i)| (SPADE's `VGGLoss`, ECGAN_SPEC.md §4.1).
+    """Σ_i w_i · mean|x_i − sg(y_i)| (SPADE's `VGGLoss`, docs/DESIGN.md §4.1).
 
     Args:
       x_features: features of the generated image, one `(B, h_i, w_i, C_i)` array per layer
         (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 for VGG19).
       y_features: features of the target image, same shapes; stop-gradient is applied here.
       weights: per-layer weights, default (1/32, 1/16, 1/8, 1/4, 1).
+      abs_fn: |·| of the float32 differences; any function with the same values may be passed
+        (the train step passes one whose backward pass stores less on XLA:CPU).
 
     Returns:
       float32 scalar. λ_vgg is applied by the caller.
@@ -43,5 +44,5 @@ def vgg_perceptual_loss(
         if x.shape != y.shape:
             raise ValueError(f"vgg_perceptual_loss: feature shapes differ: {x.shape} vs {y.shape}")
         diff = jnp.asarray(x, jnp.float32) - jax.lax.stop_gradient(jnp.asarray(y, jnp.float32))
-        total = total + float(w) * jnp.mean(bitmask.abs_(diff))
+        total = total + float(w) * jnp.mean(abs_fn(diff))
     return total

@@ -1,4 +1,4 @@
-"""Optional similarity loss of the label branch G_l (ECGAN_SPEC.md §D.1)."""
+"""Optional similarity loss of the label branch G_l (docs/DESIGN.md §D.1)."""
 
 from __future__ import annotations
 

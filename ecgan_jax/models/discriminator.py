@@ -1,4 +1,4 @@
-"""SPADE's multi-scale PatchGAN discriminator as ECGAN uses it (ECGAN_SPEC.md §3). NHWC.
+"""SPADE's multi-scale PatchGAN discriminator as ECGAN uses it (docs/DESIGN.md §3). NHWC.
 
 `MultiscaleDiscriminator.apply(variables, seg, image, train=...)` concatenates
 [seg, image] on channels and returns, per scale (full size, then each 3×3/2 average-pooled
@@ -6,14 +6,8 @@ copy), the list of every layer's output: n_layers_D post-LeakyReLU features and,
 patch logit map. Layers 1..n_layers_D-1 are spectral-norm convs without bias followed by
 InstanceNorm(affine=False); the first and last are plain convs with bias. Kernel 4, padding 2.
 
-The first conv is computed as conv(seg, K_seg) + conv(image, K_image), its one kernel split
-on input channels (the parameter is unchanged): equal to the conv of the concatenation, but
-the generator's gradient then flows back into the 3 image channels only. Through the
-concatenation, XLA computed the input gradient of all semantic_nc + 3 channels, and on CPU
-its transposed convolution for that stride-2 layer builds a (pixels, 16·channels) scratch
-matrix outside the step's planned memory: 126 + 32 MB at ngf 16, 128×256, batch 2 (peak
-1.74 -> 1.66 GB); 0.3 GB at the full Cityscapes config, whose peak falls elsewhere
-(BENCHMARKS.md).
+The first conv is one conv of [seg, image] written per input part (`ConcatConv`): the
+generator's gradient then flows into the 3 image channels only.
 """
 
 from __future__ import annotations
@@ -24,9 +18,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecgan_jax.models.layers import (
-    ConvParams,
+    ConcatConv,
     SpectralConv,
-    apply_conv,
     avg_pool_exclude_pad,
     conv,
     instance_norm,
@@ -41,7 +34,6 @@ class NLayerDiscriminator(nn.Module):
     ndf: int = 64
     n_layers: int = 4
     dtype: Dtype = jnp.float32
-    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, seg, image, train: bool):
@@ -49,12 +41,8 @@ class NLayerDiscriminator(nn.Module):
         lrelu = lambda t: nn.leaky_relu(t, 0.2)
         outs = []
         nf = self.ndf
-        kw = dict(dtype=self.dtype, impl=self.conv_impl)
-        kernel, bias = ConvParams(nf, 4, 2, 2, name="model0", **kw)(seg.shape[-1] + image.shape[-1])
-        split = seg.shape[-1]  # one conv per input part (module docstring)
-        first = dict(stride=2, padding=2, **kw)
-        x = apply_conv(seg, kernel[:, :, :split], **first)
-        x = lrelu(x + apply_conv(image, kernel[:, :, split:], bias, **first))
+        kw = dict(dtype=self.dtype)
+        x = lrelu(ConcatConv(nf, 4, stride=2, padding=2, name="model0", **kw)(seg, image))
         outs.append(x)
         for n in range(1, self.n_layers):
             nf = min(nf * 2, 512)
@@ -80,7 +68,6 @@ class MultiscaleDiscriminator(nn.Module):
     num_D: int = 2
     n_layers: int = 4
     dtype: Dtype = jnp.float32
-    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, seg, image, train: bool = False):
@@ -97,9 +84,7 @@ class MultiscaleDiscriminator(nn.Module):
             )
         results = []
         for i in range(self.num_D):
-            d = NLayerDiscriminator(
-                self.ndf, self.n_layers, self.dtype, self.conv_impl, name=f"discriminator_{i}"
-            )
+            d = NLayerDiscriminator(self.ndf, self.n_layers, self.dtype, name=f"discriminator_{i}")
             results.append(d(seg, image, train))
             if i != self.num_D - 1:  # channel-wise, so pooling the parts pools the concatenation
                 seg, image = avg_pool_exclude_pad(seg), avg_pool_exclude_pad(image)

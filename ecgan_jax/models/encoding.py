@@ -1,4 +1,4 @@
-"""The generator input: one-hot labels (+ dontcare) (+ instance boundaries) (ECGAN_SPEC.md §2.1).
+"""The generator input: one-hot labels (+ dontcare) (+ instance boundaries) (docs/DESIGN.md §2.1).
 
 `encode_labels(label_map, instance_map, config)` turns integer maps (B,H,W) into the float32
 (B,H,W,semantic_nc) tensor the authors' `preprocess_input` builds, in NHWC. Channel order: the

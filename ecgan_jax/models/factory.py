@@ -13,12 +13,6 @@ def compute_dtype(config):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
 
 
-def conv_impl(config):
-    """None (auto: blocked weight gradient on CPU, XLA's on GPU/TPU), "xla" or "blocked"."""
-    impl = config.model.get("conv_impl", "auto")
-    return None if impl == "auto" else impl
-
-
 def build_generator(config) -> Generator:
     """The ECGAN generator for `config` (validated first)."""
     config_lib.validate_config(config)
@@ -30,8 +24,6 @@ def build_generator(config) -> Generator:
         num_upsampling_layers=m.num_upsampling_layers,
         spade_hidden=int(m.spade_hidden),
         dtype=compute_dtype(config),
-        conv_impl=conv_impl(config),
-        spade_recompute=bool(m.spade_recompute),
     )
 
 
@@ -45,5 +37,4 @@ def build_discriminator(config) -> MultiscaleDiscriminator:
         num_D=int(m.num_D),
         n_layers=int(m.n_layers_D),
         dtype=compute_dtype(config),
-        conv_impl=conv_impl(config),
     )

@@ -1,4 +1,4 @@
-"""The ECGAN generator (ECGAN_SPEC.md §2.2-2.4): SPADE backbone, edge branch with
+"""The ECGAN generator (docs/DESIGN.md §2.2-2.4): SPADE backbone, edge branch with
 attention-guided edge transfer, and the semantic-preserving module. NHWC throughout.
 
 `Generator.apply(variables, seg, train=...)` returns (I′, I″, I′_e), each (B,H,W,3) float32:
@@ -34,8 +34,6 @@ class Generator(nn.Module):
       num_upsampling_layers: "normal" (5 ×2 steps), "more" (6) or "most" (7).
       spade_hidden: width of SPADE's shared conv (128).
       dtype: activation dtype (float32 or bfloat16); parameters and statistics are float32.
-      spade_recompute: in training, SPADE layers recompute their activations in the backward
-        pass instead of storing them (less memory, one more SPADE forward; same values).
     """
 
     label_nc: int
@@ -44,8 +42,6 @@ class Generator(nn.Module):
     num_upsampling_layers: str = "normal"
     spade_hidden: int = 128
     dtype: Dtype = jnp.float32
-    conv_impl: str | None = None  # weight-gradient path, see xla_cpu/conv.py (None = auto)
-    spade_recompute: bool = False
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         if self.num_upsampling_layers not in UPSAMPLING_LAYERS:
@@ -69,13 +65,8 @@ class Generator(nn.Module):
             )
         seg = seg.astype(jnp.float32)
         nf, dt = self.ngf, self.dtype
-        blk = dict(
-            hidden=self.spade_hidden,
-            dtype=dt,
-            conv_impl=self.conv_impl,
-            recompute=self.spade_recompute,
-        )
-        ckw = dict(dtype=dt, impl=self.conv_impl)
+        blk = dict(hidden=self.spade_hidden, dtype=dt)
+        ckw = dict(dtype=dt)
         features = {}
 
         def block(name, fout, x):

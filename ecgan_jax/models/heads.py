@@ -1,14 +1,13 @@
 """Projection heads of the contrastive loss and the label head of the similarity loss.
 
-`ProjectionHead` (ECGAN_SPEC.md §D.3.2): 1×1 conv C→C, ReLU, 1×1 conv C→D, L2 normalisation
+`ProjectionHead` (docs/DESIGN.md §D.3.2): 1×1 conv C→C, ReLU, 1×1 conv C→D, L2 normalisation
 over channels, all in float32 (also under `model.dtype = "bfloat16"`). The 1×1 convs are
-`nn.Dense` over the channel axis: the same map as a 1×1 convolution, and on XLA:CPU a plain
-matmul avoids the slow convolution weight-gradient path (docs/PERFORMANCE_NOTES.md). Params:
+`nn.Dense` over the (B·h·w, C) rows: the same map as a 1×1 convolution. Params:
 `Dense_0` kernel (C, C) + bias, `Dense_1` kernel (C, D) + bias; Flax default init (LeCun
 normal, zero bias) rather than the generator's xavier(0.02), which would start the embeddings
 near zero where the L2 normalisation has huge gradients.
 
-`LabelHead` (ECGAN_SPEC.md §D.1, optional G_l branch): I″ (B, H, W, 3) -> class logits
+`LabelHead` (docs/DESIGN.md §D.1, optional G_l branch): I″ (B, H, W, 3) -> class logits
 (B, H, W, K) through two 3×3 conv + ReLU layers and a 1×1 conv.
 """
 
@@ -18,10 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+from ecgan_jax.losses import l2_normalize
 
 
 class ProjectionHead(nn.Module):
@@ -40,13 +36,11 @@ class ProjectionHead(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ProjectionHead: expected (B, h, w, C) features; got {x.shape}")
         b, h, w, c = x.shape
-        # (B·h·w, C) rows: a 2-D matmul is ~1.8x faster than the 4-D dot_general on XLA:CPU
-        # (fwd+bwd at 256×512), and the row split follows the batch sharding.
         x = jnp.asarray(x, jnp.float32).reshape(b * h * w, c)
         x = nn.Dense(self.hidden or c, dtype=jnp.float32, param_dtype=jnp.float32)(x)
         x = nn.relu(x)
         x = nn.Dense(self.dim, dtype=jnp.float32, param_dtype=jnp.float32)(x)
-        return _l2_normalize(x).reshape(b, h, w, self.dim)
+        return l2_normalize(x).reshape(b, h, w, self.dim)
 
 
 class LabelHead(nn.Module):

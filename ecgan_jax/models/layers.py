@@ -1,4 +1,4 @@
-"""Building blocks with the authors' PyTorch semantics (ECGAN_SPEC.md §2.2, §3, §D.2).
+"""Building blocks with the authors' PyTorch semantics (docs/DESIGN.md §2.2, §3, §D.2).
 
 * `nearest_resize`: PyTorch's `F.interpolate(mode="nearest")` index rule, src = floor(dst·in/out).
 * `conv`: a conv with PyTorch-style symmetric padding and Xavier-normal(0.02) init.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.xla_cpu.conv import conv2d
+from ecgan_jax.losses import l2_normalize
 
 Dtype = Any
 
@@ -41,7 +41,7 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
 
 
 def nearest_resize(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """Resizes (B,H,W,C) to (B,h,w,C) with PyTorch's nearest rule (ECGAN_SPEC.md §D.2).
+    """Resizes (B,H,W,C) to (B,h,w,C) with PyTorch's nearest rule (docs/DESIGN.md §D.2).
 
     Integer up/down factors become repeats/strided slices (identical indices, cheaper than a
     gather); other ratios gather the computed indices.
@@ -68,9 +68,8 @@ def upsample2x(x: jax.Array) -> jax.Array:
 
 
 class Conv2d(nn.Module):
-    """nn.Conv2d (symmetric padding) with Xavier-normal(0.02) init; params `kernel` (HWIO)
-    and `bias`, as flax's nn.Conv names them. `impl` picks the weight-gradient path
-    (`ecgan_jax.xla_cpu.conv`: None = auto, "xla", "blocked")."""
+    """nn.Conv2d (symmetric padding, default k // 2) with Xavier-normal(0.02) init; params
+    `kernel` (HWIO) and `bias`, as flax's nn.Conv names them. Computed in `dtype`."""
 
     features: int
     kernel_size: int = 3
@@ -78,55 +77,33 @@ class Conv2d(nn.Module):
     padding: int | None = None
     use_bias: bool = True
     dtype: Dtype = jnp.float32
-    impl: str | None = None
 
     @nn.compact
     def __call__(self, x):
-        return self._conv_bias(x, self._kernel(x.shape[-1]))
+        return self.add_bias(self.convolve(x, self.make_kernel(x.shape[-1])))
 
-    def _kernel(self, in_channels: int):
+    def make_kernel(self, in_channels: int):
         k = self.kernel_size
         return self.param("kernel", xavier_002, (k, k, in_channels, self.features), jnp.float32)
 
-    def _bias(self):
+    def add_bias(self, y):
         if not self.use_bias:
-            return None
-        return self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            return y
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y + bias.astype(self.dtype)
 
-    def _conv_bias(self, x, kernel, divisor=None):
-        """`apply_conv` with this layer's stride, padding (default k // 2), dtype and bias."""
-        return apply_conv(
-            x,
-            kernel,
-            self._bias(),
-            stride=self.stride,
-            padding=self.kernel_size // 2 if self.padding is None else self.padding,
-            dtype=self.dtype,
-            impl=self.impl,
-            divisor=divisor,
+    def convolve(self, x, kernel, divisor=None):
+        """conv(x, kernel / divisor) in `dtype`, with this layer's stride and padding (no bias)."""
+        if divisor is not None:
+            kernel = kernel / divisor
+        pad = self.kernel_size // 2 if self.padding is None else self.padding
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-
-
-def apply_conv(x, kernel, bias=None, *, stride=1, padding, dtype, impl=None, divisor=None):
-    """conv2d(x, kernel) (symmetric `padding`), then the optional bias, computed in `dtype`.
-
-    With `divisor` (a scalar, spectral norm's σ) the result is conv(x, kernel / divisor),
-    computed by scaling whichever is smaller, the kernel or the output: wide layers at small
-    maps (1024×1024×3×3 kernels on 8×16 maps) then never materialise a scaled copy of their
-    kernel, which would also be kept for the backward pass.
-    """
-    kh, kw, _, cout = kernel.shape
-    h = (x.shape[1] + 2 * padding - kh) // stride + 1
-    w = (x.shape[2] + 2 * padding - kw) // stride + 1
-    scale_output = divisor is not None and x.shape[0] * h * w * cout < kernel.size
-    if divisor is not None and not scale_output:
-        kernel = kernel / divisor
-    y = conv2d(x.astype(dtype), kernel.astype(dtype), stride=stride, padding=padding, impl=impl)
-    if scale_output:
-        y = y / divisor.astype(dtype)
-    if bias is not None:
-        y = y + bias.astype(dtype)
-    return y
 
 
 def conv(
@@ -137,30 +114,33 @@ def conv(
     padding: int | None = None,
     use_bias: bool = True,
     dtype: Dtype = jnp.float32,
-    impl: str | None = None,
     name: str | None = None,
 ) -> Conv2d:
     """A plain conv as PyTorch's nn.Conv2d (symmetric padding), Xavier-normal(0.02) init."""
-    return Conv2d(features, kernel_size, stride, padding, use_bias, dtype, impl, name=name)
+    return Conv2d(features, kernel_size, stride, padding, use_bias, dtype, name=name)
 
 
-class ConvParams(Conv2d):
-    """The `kernel` (HWIO) and `bias` of a `Conv2d`, same names and init, without the conv:
-    `ConvParams(features, name=...)(in_channels) -> (kernel, bias)`, for modules that apply
-    the conv (`apply_conv`) inside a function of their own (SPADE's recomputing backward)."""
+class ConcatConv(Conv2d):
+    """`Conv2d` of the channel concatenation of its inputs, as the sum of one conv per input
+    (its kernel split on input channels; the parameters are those of the one conv).
+
+    Used where some inputs need no gradient: the gradient of each part flows into its own
+    input only, so the backward pass never computes the input gradient of the others.
+    """
 
     @nn.compact
-    def __call__(self, in_channels: int):
-        return self._kernel(in_channels), self._bias()
-
-
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    # torch.nn.functional.normalize: x / max(||x||, eps)
-    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+    def __call__(self, *parts):
+        kernel = self.make_kernel(sum(p.shape[-1] for p in parts))
+        y, start = None, 0
+        for p in parts:
+            stop = start + p.shape[-1]
+            term = self.convolve(p, kernel[:, :, start:stop])
+            y, start = (term if y is None else y + term), stop
+        return self.add_bias(y)
 
 
 def _unit_normal(key, shape):
-    return _l2_normalize(jax.random.normal(key, shape, jnp.float32))
+    return l2_normalize(jax.random.normal(key, shape, jnp.float32))
 
 
 def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
@@ -170,8 +150,7 @@ def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
     (under stop-gradient, as torch's no_grad), then σ = uᵀ W_mat v with gradients through W only.
     W_mat is never materialised: the HWIO kernel read as a (kh·kw·I, O) matrix is W_matᵀ with
     its rows in (h, w, i) order, so only the small vector v is permuted between PyTorch's
-    (i, h, w) order and that one (a transposed copy of a 1024×1024×3×3 kernel costs ~20 ms on CPU,
-    at every call).
+    (i, h, w) order and that one, instead of a transposed copy of the kernel at every call.
     """
     kh, kw, cin, cout = kernel.shape
     k2 = kernel.reshape(kh * kw * cin, cout)  # = W_matᵀ, rows in (h, w, i) order
@@ -182,15 +161,15 @@ def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array, update: bool):
     if update:
         k_sg = jax.lax.stop_gradient(k2)
         v_hwi = (k_sg @ u).reshape(kh, kw, cin)  # W_matᵀ u
-        v = _l2_normalize(jnp.transpose(v_hwi, (2, 0, 1)).reshape(-1))
-        u = _l2_normalize(to_hwi(v) @ k_sg)  # W_mat v
+        v = l2_normalize(jnp.transpose(v_hwi, (2, 0, 1)).reshape(-1))
+        u = l2_normalize(to_hwi(v) @ k_sg)  # W_mat v
     u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
     sigma = jnp.dot(to_hwi(v) @ k2, u)
     return sigma, u, v
 
 
 class SpectralConv(Conv2d):
-    """nn.Conv2d wrapped in torch.nn.utils.spectral_norm (ECGAN_SPEC.md §D.2, §8.10).
+    """nn.Conv2d wrapped in torch.nn.utils.spectral_norm (docs/DESIGN.md §D.2, §8.10).
 
     Attributes as `Conv2d`. Parameters: `kernel` (HWIO, the raw `weight_orig`), optional
     `bias`. Collection `spectral`:
@@ -202,7 +181,7 @@ class SpectralConv(Conv2d):
     def __call__(self, x, update_stats: bool):
         k = self.kernel_size
         cin = x.shape[-1]
-        kernel = self._kernel(cin)
+        kernel = self.make_kernel(cin)
         u_var = self.variable(
             "spectral", "u", lambda: _unit_normal(self.make_rng("params"), (self.features,))
         )
@@ -212,7 +191,7 @@ class SpectralConv(Conv2d):
         sigma, u, v = spectral_sigma(kernel, u_var.value, v_var.value, update_stats)
         if update_stats and not self.is_initializing():
             u_var.value, v_var.value = u, v
-        return self._conv_bias(x, kernel, divisor=sigma)
+        return self.add_bias(self.convolve(x, kernel, divisor=sigma))
 
 
 class SyncBatchNorm(nn.Module):
@@ -228,9 +207,7 @@ class SyncBatchNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool, moments=None):
-        """Normalised x. `moments`: (mean, var) of x already computed by the caller (training
-        only), used instead of computing them again."""
+    def __call__(self, x, use_running_average: bool):
         c = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
@@ -238,7 +215,7 @@ class SyncBatchNorm(nn.Module):
             mean, var = ra_mean.value, ra_var.value
         else:
             axes = tuple(range(x.ndim - 1))
-            mean, var = batch_moments(x) if moments is None else moments
+            mean, var = batch_moments(x)
             if not self.is_initializing():
                 n = int(np.prod([x.shape[a] for a in axes]))
                 unbiased = var * (n / max(n - 1, 1))

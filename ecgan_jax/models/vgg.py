@@ -29,8 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.xla_cpu import bitmask
-
 # (torchvision index N in vgg19.features, in channels, out channels) of each 3×3 conv in [0:30].
 VGG19_CONVS = (
     (0, 3, 64),
@@ -47,6 +45,7 @@ VGG19_CONVS = (
     (25, 512, 512),
     (28, 512, 512),
 )
+CONVERT_COMMAND = "python -m ecgan_jax.models.vgg --convert torchvision_vgg19.pth --out FILE.npz"
 _POOL_BEFORE = (5, 10, 19, 28)  # max-pools at features.4, .9, .18, .27
 _OUTPUT_AFTER = (0, 5, 10, 19, 28)  # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1
 FEATURE_NAMES = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -80,7 +79,7 @@ class VGG19Features(nn.Module):
         outputs = []
         for index, _, out_ch in VGG19_CONVS:
             if index in _POOL_BEFORE:
-                x = max_pool_2x2(x)
+                x = self.pool(x)
             x = nn.Conv(
                 out_ch,
                 (3, 3),
@@ -90,23 +89,21 @@ class VGG19Features(nn.Module):
                 kernel_init=nn.initializers.he_normal(),
                 name=f"conv{index}",
             )(x)
-            x = bitmask.relu(x)
+            x = self.relu(x)
             if index in _OUTPUT_AFTER:
                 outputs.append(x)
         return outputs
 
+    def relu(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+    def pool(self, x: jax.Array) -> jax.Array:
+        return max_pool_2x2(x)
+
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2×2 max-pool, stride 2, odd edges dropped (PyTorch's floor rule), as a reshape + max.
-
-    Same forward values as `nn.max_pool`. The backward differs only where a window holds
-    several equal maxima (the gradient is split between them instead of going to one); after a
-    ReLU such ties are zeros whose gradient the ReLU discards. The point is speed and memory:
-    XLA:CPU lowers `reduce_window`'s backward to a select-and-scatter that materialises int32
-    index arrays of the input's size (several hundred MB per VGG step at 256×512); and the
-    backward pass keeps one bit per input element (`ecgan_jax.bitmask`).
-    """
-    return bitmask.max_pool_2x2(x)
+    """2×2 max-pool, stride 2, odd edges dropped (PyTorch's floor rule)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
 def vgg19_param_shapes() -> dict[str, tuple[int, ...]]:
@@ -122,8 +119,8 @@ def random_vgg19_params(seed: int) -> dict:
     """Random He-normal kernels (std √(2/fan_in)) and zero biases as `{"params": ...}`, drawn
     with numpy: for tests, demos and benchmarks only.
 
-    Drawn on the host like a converted file is read, not by compiling `VGG19Features.init`:
-    that compile left about 0.1 GB of compiler heap in the training process.
+    Drawn on the host like a converted file is read, not by compiling `VGG19Features.init`,
+    whose compile left compiler heap in the training process.
     """
     rng = np.random.default_rng(seed)
     flat = {}
@@ -193,11 +190,10 @@ def read_torchvision_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def convert_vgg19(src: str, out: str) -> None:
     """Converts a torchvision vgg19 `.pth`/`.npz` state dict into the project's `.npz`."""
+    from ecgan_jax.interop.state_dict import write_npz
+
     flat = torchvision_to_flat(read_torchvision_state_dict(src), source=src)
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    with open(out, "wb") as f:
-        np.savez(f, **flat)
+    write_npz(out, flat)  # a temporary file renamed into place: never a truncated .npz
 
 
 def load_vgg19_params(path: str) -> dict:
@@ -210,8 +206,11 @@ def load_vgg19_params(path: str) -> dict:
             f"VGG19 weights file not found: {path} (make it with "
             "`python -m ecgan_jax.models.vgg --convert torchvision_vgg19.pth --out FILE.npz`)"
         )
-    with np.load(path, allow_pickle=False) as f:
-        flat = {k: f[k] for k in f.files}
+    from ecgan_jax.interop.state_dict import read_npz
+
+    flat = read_npz(
+        path, "python -m ecgan_jax.models.vgg --convert torchvision_vgg19.pth --out FILE.npz"
+    )
     expected = vgg19_param_shapes()
     missing = [k for k in expected if k not in flat]
     unexpected = [k for k in flat if k not in expected]

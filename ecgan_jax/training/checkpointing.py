@@ -10,6 +10,7 @@ off-interval (preemption, end of training).
 from __future__ import annotations
 
 import base64
+import logging
 import os
 
 import jax
@@ -81,6 +82,32 @@ class Checkpointer:
         )
         return restored["state"], _decode_data_state(restored["data"])
 
+    def restore_latest_intact(self, abstract_state):
+        """(state, data_state, step) of the newest checkpoint that reads back.
+
+        A checkpoint that cannot be read (a truncated or missing file, bad JSON) is reported
+        in one log line naming its step and the error, and the next older one is tried.
+        Raises `CheckpointError` listing every step when none can be read.
+        """
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data_state = self.restore(abstract_state, step)
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+                reason = _first_line(e)
+                failures.append(f"step {step}: {reason}")
+                logging.warning(
+                    "checkpoint %s/%d cannot be read (%s); trying an older one",
+                    self.directory, step, reason,
+                )  # fmt: skip
+                continue
+            if failures:
+                logging.warning("resuming from step %d instead of %s", step, failures[0])
+            return state, data_state, step
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be read: " + "; ".join(failures)
+        )
+
     def delete(self, step: int) -> None:
         self.manager.delete(int(step))
 
@@ -90,6 +117,15 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read back."""
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def abstract_with_shardings(tree, sharding):

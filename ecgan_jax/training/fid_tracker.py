@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from ecgan_jax import inference
 from ecgan_jax.eval import fid as fid_lib
 from ecgan_jax.eval.inception import CONVERT_COMMAND, load_inception
+from ecgan_jax.sharding import make_mesh
 from ecgan_jax.training.checkpointing import Checkpointer
 
 BEST_DIR = "best"
@@ -118,7 +119,7 @@ class FidTracker:
         self.inception = load_inception(str(config.fid_weights))
         # The training devices, as the 1-D `data` mesh inference shards its batches on; the
         # global train batch is a multiple of their count.
-        self.mesh = Mesh(np.asarray(mesh.devices).reshape(-1), (inference.DATA_AXIS,))
+        self.mesh = make_mesh(np.asarray(mesh.devices).reshape(-1))
         self.batch_size = int(config.batch_size)
         self.generate_fn = inference.make_generate_fn(generator, config, self.mesh)
         self.real_stats = None

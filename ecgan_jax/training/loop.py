@@ -17,19 +17,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax import config_lib
+from ecgan_jax import config_lib, inference
 from ecgan_jax.eval.quality import class_colour_error, image_grid
-from ecgan_jax.models.encoding import encode_labels
 from ecgan_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
+from ecgan_jax.training import run_record
 from ecgan_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from ecgan_jax.training.fid_tracker import FidTracker, check_fid_config, fid_enabled
+from ecgan_jax.training.progress import CompileTimer, ProgressLine
 from ecgan_jax.training.state import (
     build_models,
     create_train_state,
@@ -40,7 +40,8 @@ from ecgan_jax.training.state import (
     state_shardings,
     total_steps,
 )
-from ecgan_jax.training.step import jit_train_step, make_train_step, train_step_compiler_options
+from ecgan_jax.training.step import jit_train_step, make_train_step
+from ecgan_jax.xla_cpu import runtime_for
 from ecgan_jax.xla_cpu.hostmem import release_host_memory
 
 
@@ -48,11 +49,40 @@ class NonFiniteLossError(FloatingPointError):
     """A loss or gradient norm became NaN/inf; the message names the term and the step."""
 
 
-def setup_compilation_cache(config) -> None:
-    path = config.get("compilation_cache_dir", "") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+class Preempted(Exception):
+    """Training stopped by SIGTERM after saving a checkpoint; rerun the command to resume."""
+
+    def __init__(self, step: int, workdir: str):
+        self.step, self.workdir = step, workdir
+        super().__init__(
+            f"stopped by SIGTERM at step {step} after saving a checkpoint in {workdir}; rerun "
+            "the same command to resume"
+        )
+
+
+def compilation_cache_dir(config) -> str | None:
+    """`config.compilation_cache_dir`, else $JAX_COMPILATION_CACHE_DIR, else the user's cache
+    directory (`$XDG_CACHE_HOME` or ~/.cache)/ecgan_jax/jax_cache; None for "off"."""
+    value = str(config.get("compilation_cache_dir", ""))
+    if value == "off":
+        return None
+    if value:
+        return value
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ecgan_jax", "jax_cache")
+
+
+def setup_compilation_cache(config) -> str | None:
+    """Turns JAX's persistent compilation cache on (shared by runs; safe to delete)."""
+    path = compilation_cache_dir(config)
     if path:
+        if "://" not in path:
+            os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
 
 
 def perceptual_network(config):
@@ -102,15 +132,15 @@ class Trainer(NamedTuple):
     abstract_state: Any  # TrainState of ShapeDtypeStructs
     step_fn: Any  # jitted (state, global batch, vgg_params) -> (state, metrics)
     init_fn: Any  # jitted PRNG key -> fresh TrainState, replicated on the mesh (not cached)
-    generate_fn: Any  # jitted eval-mode generator, `make_generate_fn`
+    generate_fn: Any  # eval-mode generator, batch replicated (`inference.make_generate_fn`)
 
     def init_state(self, seed=None):
         """A fresh TrainState (from `config.seed` unless `seed` is given), replicated.
 
-        The initialiser runs once per run, so its executable is not kept afterwards: at the
-        full Cityscapes config it holds 0.2 GB of host memory that the train step's peak
-        would otherwise include (BENCHMARKS.md). Another call compiles it again (from the
-        persistent compilation cache when one is set).
+        The initialiser runs once per run, so its executable is not kept afterwards: its host
+        memory would otherwise add to the train step's peak (BENCHMARKS.md, "Fifth
+        session"). Another call compiles it again (from the persistent compilation cache when
+        one is set).
         """
         state = self.init_fn(seed_key(self.config, seed))
         jax.block_until_ready(state)
@@ -127,10 +157,11 @@ _TRAINERS: dict = {}
 _MAX_TRAINERS = 2
 
 
-def build_trainer(config, mesh, dataset_size: int) -> Trainer:
+def build_trainer(config, mesh, dataset_size: int, schedule=None) -> Trainer:
     """Models, optimizers, perceptual network and the jitted, donated train step on `mesh`.
 
-    `dataset_size` only sets the learning-rate schedule. Shared by `train_and_evaluate`, the
+    `dataset_size` only sets the learning-rate schedule (`schedule`, a `run_record.Schedule`,
+    replaces it). Shared by `train_and_evaluate`, the
     tests and the benchmarks. The last two trainers are kept per (config, devices,
     dataset_size) and returned again for an equal request; the trainer holds its own copy of
     the config, so later changes to `config` make a new one.
@@ -140,32 +171,34 @@ def build_trainer(config, mesh, dataset_size: int) -> Trainer:
         tuple(d.id for d in mesh.devices.flat),
         mesh.axis_names,
         int(dataset_size),
+        schedule,
     )
     if key in _TRAINERS:
         _TRAINERS[key] = _TRAINERS.pop(key)  # most recently used last
         return _TRAINERS[key]
-    trainer = _build_trainer(config.copy_and_resolve_references(), mesh, dataset_size)
+    trainer = _build_trainer(config.copy_and_resolve_references(), mesh, dataset_size, schedule)
     _TRAINERS[key] = trainer
     while len(_TRAINERS) > _MAX_TRAINERS:
         _TRAINERS.pop(next(iter(_TRAINERS)))
     return trainer
 
 
-def _build_trainer(config, mesh, dataset_size: int) -> Trainer:
+def _build_trainer(config, mesh, dataset_size: int, schedule=None) -> Trainer:
     check_batch_size(int(config.batch_size), mesh)
     models = build_models(config)
-    tx_g, tx_d, schedules = make_optimizers(config, dataset_size)
+    tx_g, tx_d, schedules = make_optimizers(config, dataset_size, schedule)
     vgg, vgg_params = perceptual_network(config)
     rep = replicated(mesh)
     if vgg_params is not None:
         vgg_params = jax.device_put(vgg_params, rep)
     abstract = jax.eval_shape(lambda: create_train_state(config, models, tx_g, tx_d, mesh=None))
+    runtime = runtime_for(config, mesh)
     step_fn = jit_train_step(
-        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg),
+        make_train_step(config, models, tx_g, tx_d, schedules=schedules, vgg=vgg, runtime=runtime),
         mesh,
         state_shardings(abstract, mesh),
         rep if vgg_params is not None else None,
-        compiler_options=train_step_compiler_options(config, mesh),
+        compiler_options=runtime.compiler_options(mesh),
     )
     init_fn = make_init_fn(config, models, tx_g, tx_d, mesh)
     return Trainer(
@@ -179,19 +212,8 @@ def _build_trainer(config, mesh, dataset_size: int) -> Trainer:
         abstract,
         step_fn,
         init_fn,
-        make_generate_fn(models, config),
+        inference.make_generate_fn(models.generator, config, mesh, replicated_batch=True),
     )
-
-
-def make_generate_fn(models, config):
-    """jit(eval-mode generator): (gen_params, g_stats, label, instance) -> (I′, I″, I′_e)."""
-
-    @jax.jit
-    def generate(gen_params, g_stats, label, instance):
-        seg = encode_labels(label, instance, config)
-        return models.generator.apply({"params": gen_params, **g_stats}, seg, train=False)
-
-    return generate
 
 
 def _check_finite(metrics: dict, step: int) -> None:
@@ -203,7 +225,7 @@ def _check_finite(metrics: dict, step: int) -> None:
             )
 
 
-def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
+def _compile_in_step(step_fn, state, batch, vgg_params, timer=None, key="") -> None:
     """Compiles the train step, returns the compiler's freed memory, then waits for the peers.
 
     Compiling inside the first step's call would leave the compiler's freed heap mapped under
@@ -216,7 +238,10 @@ def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
     """
     from jax._src import distributed
 
+    started = timer.start("the train step", key) if timer else None
     step_fn.lower(state, batch, vgg_params).compile()
+    if timer:
+        timer.done("the train step", key, started)
     release_host_memory()
     client = distributed.global_state.client
     if client is not None:
@@ -228,194 +253,283 @@ def _compile_in_step(step_fn, state, batch, vgg_params) -> None:
 _BARRIERS = {"count": 0}
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
-    """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
+class SampleWriter:
+    """Image grids and the colour-error figure of the (EMA) generator on a fixed eval batch.
 
-    Resumes from the latest checkpoint in `workdir` when there is one. `max_steps` stops (with
-    a checkpoint, as on preemption) after that many steps of this call; `step_callback(step)`
-    runs on the host after each step. Both are for tests and notebooks. Returns the final
-    `TrainState`.
+    The eval iterator yields this process's part only; every process gathers the whole
+    (small) batch on the host and the generator runs on it replicated, so the batch size need
+    not divide the device count and each process can read its result from a local shard (the
+    params are global arrays spanning every process: a host-local input would not mix with
+    them under jit).
     """
-    from clu import metric_writers, periodic_actions
+
+    def __init__(self, config, trainer: Trainer, writer, workdir: str, is_main: bool):
+        from ecgan_jax import data as data_lib
+
+        batch_size = min(int(config.num_eval_images), 8)
+        batch = next(iter(data_lib.make_eval_iterator(config, batch_size=batch_size)))
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        batch = {k: v for k, v in batch.items() if v.dtype.kind not in "USO"}  # drop file names
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            batch = multihost_utils.process_allgather(batch, tiled=True)
+        self.batch = batch
+        self.inputs = jax.device_put((batch["label"], batch["instance"]), replicated(trainer.mesh))
+        self.generate = trainer.generate_fn
+        self.num_classes = config_lib.semantic_nc(config)
+        self.writer, self.is_main = writer, is_main
+        self.image_dir = None if "://" in workdir else os.path.join(workdir, "images")
+        self.written: set[int] = set()
+
+    def __call__(self, state, step: int, write: bool = True) -> float:
+        """Writes the grid (summary and PNG) and the colour error at `step`, once per step
+        (`write=False`, or a step already written: nothing is written); returns the error."""
+        params = state.ema_params if state.ema_params is not None else state.g_params["generator"]
+        outputs = self.generate({"params": params, **state.g_stats}, *self.inputs)
+        first, final, edge = (np.asarray(x.addressable_data(0)) for x in outputs)
+        b = self.batch
+        err = class_colour_error(final, b["image"], b["label"], num_classes=self.num_classes)
+        if not write or step in self.written:
+            return err
+        self.written.add(step)
+        self.writer.write_scalars(step, {"quality/class_colour_error": err})
+        grid = image_grid(b, first, edge, final, num_classes=self.num_classes)
+        self.writer.write_images(step, {"samples": grid[None]})
+        if self.is_main and self.image_dir is not None:
+            from PIL import Image
+
+            os.makedirs(self.image_dir, exist_ok=True)
+            Image.fromarray(grid).save(os.path.join(self.image_dir, f"step_{step:07d}.png"))
+        return err
+
+
+class StopSignal:
+    """SIGTERM (preemption) or the `max_steps` hook, agreed by every process.
+
+    Multi-process: SIGTERM is left to JAX's preemption notifier (installed by
+    jax.distributed.initialize), which tells every process and lets them agree on the step to
+    stop at (`reached_preemption_sync_point`). A Python handler would replace it, and a flag
+    set on the signalled host alone would make that host save and stop while the others wait
+    for it in the next step's collectives. Use as a context manager (restores the handler).
+    """
+
+    def __init__(self, start: int, max_steps: int | None):
+        self.start, self.max_steps = start, max_steps
+        self.multiprocess = jax.process_count() > 1
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if not self.multiprocess:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    def _on_sigterm(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __call__(self, step: int) -> bool:
+        if self.max_steps is not None and step - self.start >= self.max_steps:
+            return True
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def save_if_finite(ckpt: Checkpointer, step: int, state, metrics, data_state, force: bool):
+    """Saves `state` unless a loss or any state value is non-finite (then raises)."""
+    if metrics is not None:
+        _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
+    if not bool(_all_finite(state)):
+        raise NonFiniteLossError(
+            f"the train state holds non-finite values at step {step}; not saving it, the "
+            "last good checkpoint is kept"
+        )
+    ckpt.save(step, state, data_state, force=force)
+
+
+def restore_or_init(trainer: Trainer, ckpt: Checkpointer, train_iter):
+    """(state, start step): the newest readable checkpoint (data position included; damaged
+    ones are reported and skipped), or a fresh state."""
+    if ckpt.latest_step() is None:
+        return trainer.init_state(), 0
+    abstract = abstract_with_shardings(trainer.abstract_state, replicated(trainer.mesh))
+    state, data_state, start = ckpt.restore_latest_intact(abstract)
+    train_iter.set_state(data_state)
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
+    return state, start
+
+
+class MetricLogger:
+    """Every `log_every` steps: all metrics to the summary writer, one short line to the log."""
+
+    def __init__(self, writer, log_every: int, progress: ProgressLine):
+        self.writer, self.every, self.progress = writer, log_every, progress
+
+    def __call__(self, step: int, metrics, force: bool = False) -> None:
+        if step % self.every and not force:
+            return
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(values, step)
+        dt = self.progress.step_time()
+        if dt:
+            values["perf/step_time_s"] = dt
+            values["perf/images_per_s"] = self.progress.batch_size / dt
+            values["perf/steps_per_s"] = 1.0 / dt
+        self.writer.write_scalars(step, values)
+        logging.info("%s", self.progress.line(step, values))
+
+
+def export_examples(config, workdir: str, count: int = 4) -> str | None:
+    """The first `count` eval label (and instance) maps as PNGs under `<workdir>/examples`,
+    for `generate` and `serve` to start from (synthetic data only: other datasets have files).
+    Returns the labels directory, or None."""
+    if config.dataset.name != "synthetic" or "://" in workdir:
+        return None
+    from PIL import Image
 
     from ecgan_jax import data as data_lib
 
+    labels_dir = os.path.join(workdir, "examples", "labels")
+    instances_dir = os.path.join(workdir, "examples", "instances")
+    if os.path.isdir(labels_dir):
+        return labels_dir
+    batch = next(iter(data_lib.make_eval_iterator(config, batch_size=count)))
+    os.makedirs(instances_dir, exist_ok=True)
+    tmp_labels = f"{labels_dir}.tmp-{os.getpid()}"
+    os.makedirs(tmp_labels, exist_ok=True)
+    for i in np.flatnonzero(np.asarray(batch["valid"])):
+        stem = str(np.asarray(batch["stem"])[i])
+        label = np.asarray(batch["label"][i]).astype(np.uint8)
+        Image.fromarray(label, mode="L").save(os.path.join(tmp_labels, f"{stem}.png"))
+        instance = np.asarray(batch["instance"][i]).astype(np.int32)
+        Image.fromarray(instance, mode="I").save(os.path.join(instances_dir, f"{stem}.png"))
+    os.replace(tmp_labels, labels_dir)
+    return labels_dir
+
+
+def _writer(workdir: str, is_main: bool):
+    """TensorBoard summaries from process 0 (every metric); the log gets the short line."""
+    from clu import metric_writers
+
+    if not is_main:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+
+
+def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
+    """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
+
+    Resumes from the newest readable checkpoint in `workdir` when there is one (the config
+    must match the run's `run.json`; the lr schedule stays the run's unless
+    `extend_schedule`). `max_steps` stops (with a checkpoint, as on preemption) after that
+    many steps of this call; `step_callback(step)` runs on the host after each step. Both are
+    for tests and notebooks. Returns the final `TrainState`; raises `Preempted` after saving
+    when stopped by SIGTERM.
+    """
+    from ecgan_jax import data as data_lib
+    from ecgan_jax.data.scan import scan_dataset
+
     config_lib.validate_config(config)
     check_fid_config(config)  # missing FID files, several processes: refused before any compute
-    setup_compilation_cache(config)
+    cache_dir = setup_compilation_cache(config)
     if "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-
-    num_devices = int(config.get("num_devices", -1))
-    mesh = make_mesh(jax.devices()[:num_devices] if num_devices > 0 else None)
-    train_iter = data_lib.make_train_iterator(config)
-    dataset_size = int(train_iter.num_examples)
-    num_steps = total_steps(config, dataset_size)
-    trainer = build_trainer(config, mesh, dataset_size)
-    models, vgg_params, rep = trainer.models, trainer.vgg_params, replicated(mesh)
-    step_fn = trainer.step_fn
-
+    record = run_record.read(workdir)
     ckpt = Checkpointer(
         workdir, every=int(config.checkpoint_every), keep=int(config.keep_checkpoints)
     )
-    if ckpt.latest_step() is not None:
-        start = ckpt.latest_step()
-        state, data_state = ckpt.restore(abstract_with_shardings(trainer.abstract_state, rep))
-        train_iter.set_state(data_state)
-        logging.info("resumed from %s at step %d", ckpt.directory, start)
-    else:
-        state = trainer.init_state()
-        start = 0
-    logging.info("parameter overview:\n%s", parameter_overview(state))
+    latest = ckpt.latest_step()
+    if record is not None and latest is not None:
+        run_record.check_resumable(record, config, workdir)
+    is_main = jax.process_index() == 0
+
+    num_devices = int(config.get("num_devices", -1))
+    mesh = make_mesh(jax.devices()[:num_devices] if num_devices > 0 else None)
+    # Every file of the splits read below is checked before anything compiles (cached).
+    for split in {str(config.dataset.train_split), str(config.dataset.eval_split)}:
+        scan_dataset(config, split, cache_dir=workdir)
+    train_iter = data_lib.make_train_iterator(config)
+    dataset_size = int(train_iter.num_examples)
+    num_steps = total_steps(config, dataset_size)
+    schedule = run_record.resumed_schedule(record, config, num_steps, latest or 0)
+    logging.info("learning-rate schedule: %s", schedule.describe())
+    trainer = build_trainer(config, mesh, dataset_size, schedule)
+    state, start = restore_or_init(trainer, ckpt, train_iter)
+    writer = _writer(workdir, is_main)
     if start == 0:
-        writer.write_hparams(
-            {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
-        )
+        if is_main:
+            run_record.write(workdir, config, dataset_size=dataset_size, total_steps=num_steps)
+        hparams = {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
+        writer.write_hparams(hparams)
+    logging.info("parameter overview:\n%s", parameter_overview(state))
+    if is_main and (examples := export_examples(config, workdir)):
+        logging.info("example label maps for generate/serve: %s", examples)
+    samples = SampleWriter(config, trainer, writer, workdir, is_main)
+    fid = None
+    if fid_enabled(config):
+        fid = FidTracker(config, workdir, trainer.models.generator, mesh, is_main=is_main)
+    progress = ProgressLine(num_steps, int(config.batch_size), start)
+    log = MetricLogger(writer, int(config.log_every), progress)
+    timer = CompileTimer(cache_dir if cache_dir and "://" not in cache_dir else None)
+    compile_key = timer.key(config.to_json_best_effort(sort_keys=True), mesh.devices.shape)
 
-    # A fixed eval batch for image grids and the colour-error figure. The eval iterator yields
-    # this process's part only; every process gathers the whole (small) batch on the host and
-    # the generator runs on it replicated, so the batch size need not divide the device count
-    # and each process can read its result from a local shard (the params are global arrays
-    # spanning every process: a host-local input would not mix with them under jit).
-    eval_batch = next(
-        iter(data_lib.make_eval_iterator(config, batch_size=min(int(config.num_eval_images), 8)))
-    )
-    eval_batch = {
-        k: np.asarray(v) for k, v in eval_batch.items() if np.asarray(v).dtype.kind not in "USO"
-    }
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        eval_batch = multihost_utils.process_allgather(eval_batch, tiled=True)
-    eval_inputs = jax.device_put((eval_batch["label"], eval_batch["instance"]), rep)
-    generate = trainer.generate_fn
-    fid_tracker = (
-        FidTracker(config, workdir, models.generator, mesh, is_main=is_main)
-        if fid_enabled(config)
-        else None
-    )
-
-    def evaluate_images(st, step):
-        gen_params = st.ema_params if st.ema_params is not None else st.g_params["generator"]
-        outputs = generate(gen_params, st.g_stats, *eval_inputs)
-        first, final, edge = (np.asarray(x.addressable_data(0)) for x in outputs)
-        err = class_colour_error(
-            final,
-            eval_batch["image"],
-            eval_batch["label"],
-            num_classes=config_lib.semantic_nc(config),
-        )
-        writer.write_scalars(step, {"quality/class_colour_error": err})
-        grid = image_grid(
-            eval_batch, first, edge, final, num_classes=config_lib.semantic_nc(config)
-        )
-        writer.write_images(step, {"samples": grid[None]})
-        if is_main and "://" not in workdir:
-            from PIL import Image
-
-            os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-            Image.fromarray(grid).save(os.path.join(workdir, "images", f"step_{step:07d}.png"))
-        return err
-
-    stop_requested = {"flag": False}
-
-    def on_sigterm(signum, frame):
-        del signum, frame
-        stop_requested["flag"] = True
-
-    # Multi-process: SIGTERM is left to JAX's preemption notifier (installed by
-    # jax.distributed.initialize), which tells every process and lets them agree on the step
-    # to stop at (`reached_preemption_sync_point`). A Python handler would replace it, and a
-    # flag set on the signalled host alone would make that host save and stop while the
-    # others wait for it in the next step's collectives.
-    multiprocess = jax.process_count() > 1
-    previous_handler = None if multiprocess else signal.signal(signal.SIGTERM, on_sigterm)
-    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-    hooks = [report] if is_main else []
-    all_finite = jax.jit(
-        lambda t: jnp.all(
-            jnp.stack(
-                [
-                    jnp.all(jnp.isfinite(x))
-                    for x in jax.tree_util.tree_leaves(t)
-                    if jnp.issubdtype(x.dtype, jnp.floating)
-                ]
-            )
-        )
-    )
-
-    def save(step, metrics, force):
-        """Saves unless a loss or any state value is non-finite (then raises)."""
-        if metrics is not None:
-            _check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
-        if not bool(all_finite(state)):
-            raise NonFiniteLossError(
-                f"the train state holds non-finite values at step {step}; not saving it, the "
-                "last good checkpoint is kept"
-            )
-        ckpt.save(step, state, train_iter.get_state(), force=force)
-
-    def should_stop(step):
-        """SIGTERM (or the max_steps test hook), agreed by every process."""
-        if max_steps is not None and step - start >= max_steps:
-            return True
-        if multiprocess:
-            from jax.experimental import multihost_utils
-
-            # JAX's preemption sync manager (set up by jax.distributed.initialize) makes all
-            # processes stop at the same step; a local flag could leave hosts in a collective.
-            return multihost_utils.reached_preemption_sync_point(step)
-        return stop_requested["flag"]
-
-    err0 = evaluate_images(state, start)
+    err0 = samples(state, start, write=start == 0)  # a resumed run logged its step already
     logging.info("class colour error of I'' at step %d: %.4f", start, err0)
-    step, metrics = start, None
-    last_log_time, last_log_step = time.time(), start
+    step, metrics, stopped = start, None, False
     try:
-        while step < num_steps:
-            batch = global_batch(next(train_iter), mesh)
-            if step == start:
-                _compile_in_step(step_fn, state, batch, vgg_params)
-            with jax.transfer_guard("disallow"):
-                state, metrics = step_fn(state, batch, vgg_params)
-            step += 1
-            for h in hooks:
-                h(step)
-            if step % int(config.log_every) == 0 or step == num_steps:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(values, step)
-                now = time.time()
-                dt = (now - last_log_time) / max(step - last_log_step, 1)
-                values["perf/step_time_s"] = dt
-                values["perf/images_per_s"] = int(config.batch_size) / dt
-                last_log_time, last_log_step = now, step
-                writer.write_scalars(step, values)
-            if int(config.image_every) > 0 and step % int(config.image_every) == 0:
-                evaluate_images(state, step)
-            stop = should_stop(step)
-            if step % int(config.checkpoint_every) == 0 or stop:
-                save(step, metrics, force=stop)
-            if fid_tracker is not None and fid_tracker.due(step, num_steps):
-                fid_tracker(state, step, writer, data_state=train_iter.get_state())
-            if stop:
-                logging.warning("stop requested (SIGTERM or max_steps): saved step %d", step)
-                break
-            if step_callback is not None:
-                step_callback(step)
-        else:
+        with StopSignal(start, max_steps) as should_stop:
+            while step < num_steps:
+                batch = global_batch(next(train_iter), mesh)
+                if step == start:
+                    args = (trainer.step_fn, state, batch, trainer.vgg_params)
+                    _compile_in_step(*args, timer, compile_key)
+                with jax.transfer_guard("disallow"):
+                    state, metrics = trainer.step_fn(state, batch, trainer.vgg_params)
+                step += 1
+                progress.tick(step, compiled_here=step == start + 1)
+                log(step, metrics, force=step == num_steps)
+                if int(config.image_every) > 0 and step % int(config.image_every) == 0:
+                    samples(state, step)
+                stopped = should_stop(step)
+                if step % int(config.checkpoint_every) == 0 or stopped:
+                    save_if_finite(ckpt, step, state, metrics, train_iter.get_state(), stopped)
+                if fid is not None and fid.due(step, num_steps):
+                    fid(state, step, writer, data_state=train_iter.get_state())
+                if stopped:
+                    break
+                if step_callback is not None:
+                    step_callback(step)
+        if not stopped:
             if ckpt.latest_step() != step:
-                save(step, metrics, force=True)
-            err1 = evaluate_images(state, step)
-            logging.info(
-                "class colour error of I'' at step %d: %.4f (start: %.4f)", step, err1, err0
-            )
+                save_if_finite(ckpt, step, state, metrics, train_iter.get_state(), force=True)
+            if step > start:
+                err1 = samples(state, step)
+                logging.info(
+                    "class colour error of I'' at step %d: %.4f (start: %.4f)", step, err1, err0
+                )
     finally:
         ckpt.close()
-        if fid_tracker is not None:
-            fid_tracker.close()
+        if fid is not None:
+            fid.close()
         writer.flush()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+    logging.info("%s", progress.final_line(step))
+    if stopped and (max_steps is None or step - start < max_steps):
+        raise Preempted(step, workdir)
+    if stopped:
+        logging.warning("stopped after max_steps=%d: saved step %d", max_steps, step)
     return state

@@ -1,4 +1,4 @@
-"""The training state: one pytree holding everything a step reads and writes (ECGAN_SPEC.md §D.4).
+"""The training state: one pytree holding everything a step reads and writes (docs/DESIGN.md §D.4).
 
 `TrainState` holds the generator's trainable parameters (the generator plus the contrastive
 projection heads and the optional label head), the generator's statistics (SPADE BatchNorm
@@ -74,26 +74,33 @@ def total_steps(config, dataset_size: int) -> int:
     return (int(config.niter) + int(config.niter_decay)) * steps_per_epoch(config, dataset_size)
 
 
-def learning_rate_schedules(config, dataset_size: int):
-    """(lr_G, lr_D) schedules: constant, then linear decay to 0 (ECGAN_SPEC.md §4.1, §D.4).
+def learning_rate_schedules(config, dataset_size: int, schedule=None):
+    """(lr_G, lr_D) schedules: constant, then linear decay to 0 (docs/DESIGN.md §4.1, §D.4).
 
     The decay starts after `niter` epochs and lasts `niter_decay` epochs; with
     `num_train_steps` set, the same niter : niter_decay split is applied to that many steps.
+    `schedule` (a `run_record.Schedule`) replaces the step structure, e.g. for a resumed run.
     """
-    total = total_steps(config, dataset_size)
-    n_const, n_decay = int(config.niter), int(config.niter_decay)
-    decay_steps = round(total * n_decay / max(n_const + n_decay, 1))
-    const_steps = total - decay_steps
+    from ecgan_jax.training.run_record import schedule_of
+
+    if schedule is None:
+        schedule = schedule_of(config, total_steps(config, dataset_size))
     lr = float(config.lr)
     lr_g, lr_d = (lr / 2, lr * 2) if config.ttur else (lr, lr)
 
     def make(base):
-        if decay_steps <= 0:
-            return optax.constant_schedule(base)
-        return optax.join_schedules(
-            [optax.constant_schedule(base), optax.linear_schedule(base, 0.0, decay_steps)],
-            [const_steps],
-        )
+        if schedule.decay_steps <= 0:
+            first = optax.constant_schedule(base)
+        else:
+            decay = optax.linear_schedule(base, 0.0, schedule.decay_steps)
+            first = optax.join_schedules(
+                [optax.constant_schedule(base), decay], [schedule.const_steps]
+            )
+        if schedule.extend_from is None:
+            return first
+        reached = float(first(schedule.extend_from))
+        rest = optax.linear_schedule(reached, 0.0, schedule.total - schedule.extend_from)
+        return optax.join_schedules([first, rest], [schedule.extend_from])
 
     return make(lr_g), make(lr_d)
 
@@ -107,8 +114,8 @@ def scale_by_adam_no_momentum(b2: float, eps: float = 1e-8) -> optax.GradientTra
     """`optax.scale_by_adam(b1=0, b2, eps)` without storing the first moment.
 
     With b1 = 0 Adam's first moment is the current gradient (mu = 1·g + 0·mu, and its bias
-    correction divides by 1 − 0**t = 1), so keeping it only costs one copy of the parameters
-    (0.37 GB for the full generator). Same arithmetic as optax, so updates are bit-identical
+    correction divides by 1 − 0**t = 1), so keeping it only costs one copy of the parameters.
+    Same arithmetic as optax, so updates are bit-identical
     (tests/test_train_state.py).
     """
 
@@ -135,8 +142,8 @@ def adam(learning_rate, b1: float, b2: float) -> optax.GradientTransformation:
     return optax.chain(scale_by_adam_no_momentum(b2), optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizers(config, dataset_size: int):
-    sched_g, sched_d = learning_rate_schedules(config, dataset_size)
+def make_optimizers(config, dataset_size: int, schedule=None):
+    sched_g, sched_d = learning_rate_schedules(config, dataset_size, schedule)
     b1, b2 = float(config.beta1), float(config.beta2)
     return adam(sched_g, b1, b2), adam(sched_d, b1, b2), (sched_g, sched_d)
 

@@ -7,9 +7,8 @@ into the backward consumer and reads the float32 array again. Here the compariso
 8 elements to a byte along the last axis (a reduction, which XLA does not copy into its
 consumers) and the forward result is computed *from the packed bits*, so the bits exist
 before the float32 input can be freed. In the perceptual loss of the train step (VGG19 on
-three generated images per sample) this keeps 1/32 of the bytes: at the full Cityscapes
-config the float32 VGG activations were 0.62 GB of what was alive at the start of the
-backward pass, and XLA's temp buffer went from 2.56 to 2.31 GB (BENCHMARKS.md).
+three generated images per sample) this keeps 1/32 of the bytes (BENCHMARKS.md, "Fifth
+session").
 
 Values and gradients equal `jax.nn.relu`, `x.reshape(...).max(...)` and `jnp.abs` (ties of a
 max-pool window share the gradient equally, as JAX's own rule; NaN inputs give NaN values),

@@ -1,4 +1,4 @@
-"""2-D convolution with a faster weight gradient on XLA:CPU (PERFORMANCE_NOTES.md).
+"""2-D convolution with a faster weight gradient on XLA:CPU (docs/PERFORMANCE_NOTES.md).
 
 XLA:CPU lowers the weight gradient of a convolution to a convolution whose "kernel" is the
 whole activation map, which runs about 10× slower than the forward pass at 256×512, and
@@ -10,13 +10,13 @@ the product is a plain (K, N)·(N, Cout) matmul, block by block so that memory s
 (about `block_pixels` pixels per block). The input gradient and the forward pass are XLA's own.
 For stride-1 layers with fewer output than input channels (SPADE's γ/β convs, the
 generator's up-path convs) the windows are taken of dy instead (`_weight_grad_dy_windows`):
-a smaller matrix, and x is read in place (128 → 32 channels at 128×256, batch 2: 125 → 34 ms
-here). The result equals `jax.vjp` of `lax.conv_general_dilated` to float32 rounding.
+a smaller matrix, and x is read in place (BENCHMARKS.md, "Seventh session"). The result
+equals `jax.vjp` of `lax.conv_general_dilated` to float32 rounding.
 
-`conv2d(x, kernel, stride, padding, impl)` with impl "xla" (plain lax) or "blocked" (this
-custom VJP; 1×1 stride-1 convs become a plain matmul, faster on XLA:CPU in both passes);
-`default_impl()` picks "blocked" on CPU and "xla" on GPU/TPU, where XLA uses the accelerator's
-convolution units. NHWC inputs, HWIO kernels.
+`conv2d(x, kernel, stride, padding, impl)` with impl "blocked" (this custom VJP, the default;
+1×1 stride-1 convs become a plain matmul, faster on XLA:CPU in both passes) or "xla" (plain
+lax, for comparison). GPU/TPU never use it: there XLA uses the accelerator's convolution units.
+NHWC inputs, HWIO kernels.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ import jax.numpy as jnp
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 BLOCK_ELEMENTS = 1 << 23  # at most 32 MB of float32 window matrix per weight-gradient block
-
-
-def default_impl() -> str:
-    return "blocked" if jax.default_backend() == "cpu" else "xla"
 
 
 def _conv(x, kernel, stride, padding):
@@ -161,7 +157,7 @@ def _bwd(stride, padding, block_pixels, res, dy):
     # dx is released only with dw: the backward pass then finishes each layer (and frees its
     # input and output cotangent) before moving on to the previous one, instead of running
     # the whole dx chain first and keeping every layer's x and dy for the weight gradients
-    # (0.26 GB less peak memory at the full Cityscapes config on CPU).
+    # (BENCHMARKS.md, "Train step").
     dx, dw = jax.lax.optimization_barrier((dx, dw))
     return dx, dw.astype(kernel.dtype)
 
@@ -175,21 +171,20 @@ def conv2d(
     *,
     stride: int = 1,
     padding: int = 0,
-    impl: str | None = None,
+    impl: str = "blocked",
     block_pixels: int = 8192,
 ):
-    """NHWC × HWIO convolution with symmetric `padding`; impl "xla", "blocked" or None (auto).
+    """NHWC × HWIO convolution with symmetric `padding`; impl "blocked" or "xla".
 
     `block_pixels` bounds the pixels per block of the blocked weight gradient (its memory);
     blocks of wide layers are smaller still (BLOCK_ELEMENTS).
     """
-    impl = impl or default_impl()
     if impl not in ("xla", "blocked"):
         raise ValueError(f"conv impl {impl!r}; allowed: xla, blocked")
     if impl == "xla":
         return _conv(x, kernel, stride, padding)
     if kernel.shape[:2] == (1, 1) and stride == 1 and padding == 0:
         # A 1×1 conv is a matmul over pixels; XLA:CPU runs it ~3× faster as a dot than as a
-        # convolution (128→64 at 256×512: 25 ms against 83 ms), and its gradients are dots too.
+        # convolution (BENCHMARKS.md, "Model"), and its gradients are dots too.
         return jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
     return _conv_blocked(x, kernel, stride, padding, block_pixels)

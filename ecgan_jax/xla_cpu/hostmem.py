@@ -22,8 +22,8 @@ def default_arenas() -> int:
 
     One arena serialises every thread's malloc, which the many data-loading and runtime
     threads of a large GPU or TPU host would contend on; with 2 cores at most 2 threads run at
-    once, and the single arena measured both smaller and faster (ngf 16 step: peak RSS
-    1.60-1.67 -> 1.59 GB, 3.0-3.3 -> 2.8 s; BENCHMARKS.md).
+    once, and the single arena measured both smaller and faster (BENCHMARKS.md, "Seventh
+    session").
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -44,9 +44,8 @@ def limit_malloc_arenas(arenas: int | None = None) -> bool:
     """Caps glibc's malloc arenas (mallopt M_ARENA_MAX); True when the cap was set.
 
     `arenas` defaults to `default_arenas()`. An explicit `MALLOC_ARENA_MAX` in the environment
-    wins (glibc read it at start). With the cap at 2 the full Cityscapes step's peak RSS fell
-    by 0.1 GB at the same step time (BENCHMARKS.md): the arenas of XLA's compiler and runtime
-    threads otherwise keep freed compiler memory resident.
+    wins (glibc read it at start). The arenas of XLA's compiler and runtime threads otherwise
+    keep freed compiler memory resident (BENCHMARKS.md, "Fifth session").
     """
     if arenas is None:
         arenas = default_arenas()
@@ -63,8 +62,8 @@ def release_host_memory() -> None:
 
     Compiling the full-size step allocates a few GB of short-lived compiler data; glibc keeps
     the freed pages mapped, and the step's own buffers are then allocated on top, so the
-    process's peak RSS is the sum. Trimming after compilation lowered the measured peak of the
-    full Cityscapes step on CPU by about 1.4 GB (BENCHMARKS.md).
+    process's peak RSS is the sum; trimming after compilation avoids that (BENCHMARKS.md,
+    "Train step").
     """
     trim = _libc_function("malloc_trim")
     if trim is not None:

@@ -23,7 +23,7 @@ def recompute_in_backward(f, release_after: tuple[int, ...] = ()):
     down the network while the weight gradients, and the recomputed activations they read,
     wait: at ngf 16 (SPADE's γ/β weight gradients from windows of dy, `xla_cpu/conv.py`) XLA
     recomputed three SPADE layers of a block before finishing the first, and its temp buffer
-    grew 0.61 -> 0.71 GB; with the tie it is 0.61 GB again (BENCHMARKS.md).
+    grew by a sixth; with the tie it is back (BENCHMARKS.md, "Seventh session").
     """
 
     @jax.custom_vjp
