@@ -343,12 +343,17 @@ def build_app(
     checkpoint=None,
     use_ema: bool = True,
     batch_size: int = 1,
+    mesh=None,
     batch_window_s: float = 0.0,
     num_samples: int = 16,
     class_names: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> ServeApp:
-    """Loads the generator (`inference.restore_generator`), compiles it and builds the app."""
+    """Loads the generator (`inference.restore_generator`), compiles it and builds the app.
+
+    `mesh`: the devices a batch is sharded over (default: one; `batch_size` must be a
+    multiple of its size).
+    """
     from ecgan_jax import inference
 
     classes = class_table(config, class_names)  # a bad names file fails before loading
@@ -360,7 +365,7 @@ def build_app(
         loaded.variables,
         config,
         batch_size=batch_size,
-        mesh=inference.make_mesh(1),
+        mesh=inference.make_mesh(1) if mesh is None else mesh,
         batch_window_s=batch_window_s,
     )
     info = {
