@@ -64,8 +64,14 @@ def test_extension_keeps_the_runs_schedule_unless_asked():
 def test_resume_writes_one_summary_per_step_and_refuses_another_model(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     config = demo_config(num_train_steps=2, checkpoint_every=100, image_every=1)
+    from ecgan_jax.training.progress import quiet_library_logs
+
     with caplog.at_level(logging.INFO):
-        train_and_evaluate(config, workdir)
+        quiet_library_logs()  # what the training command does at the default verbosity
+        try:
+            train_and_evaluate(config, workdir)
+        finally:
+            quiet_library_logs(verbose=True)
     messages = "\n".join(r.getMessage() for r in caplog.records)
     assert "compiling the train step" in messages and "compiled the train step in" in messages
     assert "finished at step 2: 2 steps in" in messages

@@ -416,8 +416,8 @@ def export_examples(config, workdir: str, count: int = 4) -> str | None:
         stem = str(np.asarray(batch["stem"])[i])
         label = np.asarray(batch["label"][i]).astype(np.uint8)
         Image.fromarray(label, mode="L").save(os.path.join(tmp_labels, f"{stem}.png"))
-        instance = np.asarray(batch["instance"][i]).astype(np.int32)
-        Image.fromarray(instance, mode="I").save(os.path.join(instances_dir, f"{stem}.png"))
+        instance = np.asarray(batch["instance"][i]).astype(np.uint16)  # 16-bit PNG
+        Image.fromarray(instance).save(os.path.join(instances_dir, f"{stem}.png"))
     os.replace(tmp_labels, labels_dir)
     return labels_dir
 
