@@ -1,4 +1,4 @@
-"""Compiled cost of the contrastive anchors' top-k on a data-parallel mesh (ECGAN_SPEC.md §D.3.4).
+"""Compiled cost of the contrastive anchors' top-k on a data-parallel mesh (docs/DESIGN.md §D.3.4).
 
     python benchmarks/anchor_sampling_bench.py            # Cityscapes shapes, 8 CPU devices
     python benchmarks/anchor_sampling_bench.py --small    # 1/4 of each side, for a quick look

@@ -1,4 +1,4 @@
-"""Cost of the multi-scale contrastive loss (ECGAN_SPEC.md §D.3) at the Cityscapes config.
+"""Cost of the multi-scale contrastive loss (docs/DESIGN.md §D.3) at the Cityscapes config.
 
     python benchmarks/contrastive_bench.py            # full table (a few minutes on 2 cores)
     python benchmarks/contrastive_bench.py --quick    # the Cityscapes row only

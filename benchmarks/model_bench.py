@@ -41,8 +41,11 @@ def run_case(config_spec: str, case: str, batch: int, repeats: int, dtype: str) 
     gv = jax.jit(lambda: G.init(jax.random.key(0), seg, train=False))()
     dv = jax.jit(lambda: D.init(jax.random.key(1), seg, img, train=False))()
 
+    from ecgan_jax.xla_cpu import runtime_for
+
+    wrap = runtime_for(config).wrap  # the backend's hooks, as training and inference use them
     if case == "generator_forward":
-        fn = jax.jit(lambda v, x: G.apply(v, x, train=False))
+        fn = jax.jit(wrap(lambda v, x: G.apply(v, x, train=False)))
         args = (gv, seg)
     else:
 
@@ -55,7 +58,7 @@ def run_case(config_spec: str, case: str, batch: int, repeats: int, dtype: str) 
             routs = D.apply({"params": dp, **ds}, x, real, train=False)
             return sum(o[-1].mean() for o in outs) - sum(o[-1].mean() for o in routs)
 
-        fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        fn = jax.jit(wrap(jax.grad(loss, argnums=(0, 1))))
         gs = {k: v for k, v in gv.items() if k != "params"}
         ds = {k: v for k, v in dv.items() if k != "params"}
         args = (gv["params"], dv["params"], gs, ds, seg, img)

@@ -5,9 +5,9 @@
     python benchmarks/torch_reference.py --config=configs/cityscapes.py --case=train --batch=2 \
         --set model.ngf=16 model.ndf=16 dataset.image_size=128,256 --threads=2 --repeats=3
 
-Written for this project from its own Flax models (ecgan_jax/models/*) and ECGAN_SPEC.md §2-4;
+Written for this project from its own Flax models (ecgan_jax/models/*) and docs/DESIGN.md §2-4;
 no code of the authors is used. Module and parameter names follow the authors' PyTorch
-state-dict layout (ECGAN_SPEC.md §2.6, §3; what `ecgan_jax.convert` reads): spectral norm is
+state-dict layout (docs/DESIGN.md §2.6, §3; what `ecgan_jax.convert` reads): spectral norm is
 `torch.nn.utils.spectral_norm` (`weight_orig`, `weight_u`, `weight_v`), SPADE's parameter-free
 SyncBN is a `BatchNorm2d(affine=False)` (one process: the same statistics, momentum 0.1,
 unbiased running variance), and the unused `fc1` Linear is present. So the state dicts of
@@ -55,7 +55,7 @@ def _lrelu(x):
 
 
 # --------------------------------------------------------------------------------------------
-# Generator (ECGAN_SPEC.md §2; ecgan_jax/models/generator.py, spade.py)
+# Generator (docs/DESIGN.md §2; ecgan_jax/models/generator.py, spade.py)
 
 
 class SPADE(nn.Module):
@@ -181,7 +181,7 @@ class Generator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Discriminator (ECGAN_SPEC.md §3; ecgan_jax/models/discriminator.py)
+# Discriminator (docs/DESIGN.md §3; ecgan_jax/models/discriminator.py)
 
 
 class NLayerDiscriminator(nn.Module):

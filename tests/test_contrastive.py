@@ -1,4 +1,4 @@
-"""ecgan_jax.losses.contrastive against numpy references written here (ECGAN_SPEC.md §D.3)."""
+"""ecgan_jax.losses.contrastive against numpy references written here (docs/DESIGN.md §D.3)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of the PyTorch -> Flax converter (ECGAN_SPEC.md §2.6, §3, §6) on synthetic state dicts.
+"""Tests of the PyTorch -> Flax converter (docs/DESIGN.md §2.6, §3, §6) on synthetic state dicts.
 
 The state dicts are built here from the key list and shapes of §2.6/§3, written out
 independently of the converter, for a tiny config; `fc1.*` and `num_batches_tracked` are included

@@ -1,4 +1,4 @@
-"""Tests of the multi-scale PatchGAN discriminator (ECGAN_SPEC.md §3).
+"""Tests of the multi-scale PatchGAN discriminator (docs/DESIGN.md §3).
 
 Full-size models are only traced (`jax.eval_shape`). A tiny D is checked value by value against
 an independent numpy forward pass of the authors' NLayerDiscriminator (conv k4 p2, spectral norm

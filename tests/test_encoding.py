@@ -1,4 +1,4 @@
-"""Tests of ecgan_jax.models.encoding: the generator input of ECGAN_SPEC.md §2.1.
+"""Tests of ecgan_jax.models.encoding: the generator input of docs/DESIGN.md §2.1.
 
 The reference is an independent numpy loop: one-hot over label_nc (+1 dontcare) channels, then
 the instance-boundary channel, where a pixel is 1 if any 4-neighbour has another instance id

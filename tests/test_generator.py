@@ -1,4 +1,4 @@
-"""Tests of the ECGAN generator (ECGAN_SPEC.md §2.2-2.6): parameter counts, stage shapes,
+"""Tests of the ECGAN generator (docs/DESIGN.md §2.2-2.6): parameter counts, stage shapes,
 bfloat16 compute, and the errors on bad input.
 
 Full-size models are only traced (`jax.eval_shape`), never initialised. Numerical parity with the
@@ -109,7 +109,7 @@ def test_buffers_match_state_dict_layout():
     assert n_bn == 3 * 2 + 4 * 3
 
 
-# (name, H, W, C) of every backbone stage, ECGAN_SPEC.md §2.2 table.
+# (name, H, W, C) of every backbone stage, docs/DESIGN.md §2.2 table.
 CITYSCAPES_STAGES = [
     ("head_0", 4, 8, 1024),
     ("G_middle_0", 8, 16, 1024),

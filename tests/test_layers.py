@@ -1,6 +1,6 @@
 """Tests of ecgan_jax.models.layers against hand-made cases and independent numpy references.
 
-PyTorch semantics being checked (ECGAN_SPEC.md §2.2, §3, §D.2): the nearest-neighbour index rule
+PyTorch semantics being checked (docs/DESIGN.md §2.2, §3, §D.2): the nearest-neighbour index rule
 src = floor(dst · in/out), nn.Upsample(scale_factor=2), SyncBatchNorm(affine=False) with momentum
 0.1 and the unbiased running variance (over the global batch), spectral norm with σ = uᵀ W_mat v
 on the OIHW-flattened weight and one power iteration per training call, InstanceNorm2d and

@@ -1,4 +1,4 @@
-"""Hinge GAN losses and feature matching vs numpy loops (ECGAN_SPEC.md §4.1)."""
+"""Hinge GAN losses and feature matching vs numpy loops (docs/DESIGN.md §4.1)."""
 
 import jax
 import jax.numpy as jnp

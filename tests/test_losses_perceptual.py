@@ -1,4 +1,4 @@
-"""VGG perceptual loss over feature lists vs numpy (ECGAN_SPEC.md §4.1)."""
+"""VGG perceptual loss over feature lists vs numpy (docs/DESIGN.md §4.1)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Similarity (label-branch cross-entropy) loss vs numpy (ECGAN_SPEC.md §D.1)."""
+"""Similarity (label-branch cross-entropy) loss vs numpy (docs/DESIGN.md §D.1)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Per-class FIFO memory banks (ECGAN_SPEC.md §D.3.10) against a deque reference."""
+"""Per-class FIFO memory banks (docs/DESIGN.md §D.3.10) against a deque reference."""
 
 import collections
 from typing import NamedTuple

@@ -1,5 +1,5 @@
 """Training: one step per config, sharded == single device, exact resume, preemption, NaN stop,
-and a tiny overfit (ECGAN_SPEC.md §4.1, §D.3, §D.4; issue 5)."""
+and a tiny overfit (docs/DESIGN.md §4.1, §D.3, §D.4; issue 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The optimizer of the train state (ECGAN_SPEC.md §D.4)."""
+"""The optimizer of the train state (docs/DESIGN.md §D.4)."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""VGG19 feature extractor and the torchvision converter (ECGAN_SPEC.md §4.1, §D.2)."""
+"""VGG19 feature extractor and the torchvision converter (docs/DESIGN.md §4.1, §D.2)."""
 
 import flax.linen as nn
 import jax
@@ -73,7 +73,7 @@ def converted(tmp_path_factory):
 
 def test_param_layout_and_count():
     shapes = vgg.vgg19_param_shapes()
-    assert sum(int(np.prod(s)) for s in shapes.values()) == 12_944_960  # ECGAN_SPEC.md §2.6
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 12_944_960  # docs/DESIGN.md §2.6
     params = vgg.random_vgg19_params(0)["params"]
     for key, shape in shapes.items():
         layer, leaf = key.split(".")

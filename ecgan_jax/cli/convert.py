@@ -32,6 +32,24 @@ def _refuse(error: Exception) -> None:
     raise SystemExit(2)
 
 
+def _converted(convert, path: str, config):
+    """`convert(read_state_dict(path), config)`, its errors naming `path`."""
+    import pickle
+
+    try:
+        state_dict = read_state_dict(path)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise pickle.UnpicklingError(
+            f"{path}: refused: not a plain PyTorch state dict (torch.load with "
+            f"weights_only=True: {first[:200]})"
+        ) from e
+    try:
+        return convert(state_dict, config)
+    except (ValueError, KeyError) as e:
+        raise type(e)(f"{path}: {e}") from e
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -54,10 +72,10 @@ def main(argv=None) -> None:
     except FileExistsError as e:
         _refuse(e)
     config = config_lib.load_config(args.config)
-    gen = torch_generator_to_flax(read_state_dict(args.generator), config)
+    gen = _converted(torch_generator_to_flax, args.generator, config)
     disc = None
     if args.discriminator:
-        disc = torch_discriminator_to_flax(read_state_dict(args.discriminator), config)
+        disc = _converted(torch_discriminator_to_flax, args.discriminator, config)
     try:
         path = save_converted(args.out, gen, disc, overwrite=args.overwrite, inputs=inputs)
     except FileExistsError as e:
@@ -66,7 +84,18 @@ def main(argv=None) -> None:
 
 
 def run() -> None:
-    main()
+    """The program: bad input (a missing or damaged file, a key mismatch, a refused --out)
+    ends in one line with exit status 2; a traceback means a bug."""
+    import pickle
+    import sys
+
+    from ecgan_jax.cli.flags import EXIT_BAD_INPUT
+
+    try:
+        main()
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Input pipelines (ECGAN_SPEC.md §7, §D.6): grain over directory trees, TFDS or synthetic scenes.
+"""Input pipelines (docs/DESIGN.md §7, §D.6): grain over directory trees, TFDS or synthetic scenes.
 
 Public API used by training:
 

@@ -1,4 +1,4 @@
-"""Canny edge maps as the authors' MATLAB script computes them (ECGAN_SPEC.md §7, §D.6).
+"""Canny edge maps as the authors' MATLAB script computes them (docs/DESIGN.md §7, §D.6).
 
 `canny(rgb)` maps an (H, W, 3) uint8 RGB image (or an (H, W) grey one) to an (H, W) uint8 map of
 0 / 255, vectorised in numpy (no per-pixel Python loop):

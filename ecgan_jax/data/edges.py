@@ -1,4 +1,4 @@
-"""Precomputes the Canny edge tree of a dataset (ECGAN_SPEC.md §7, §D.6).
+"""Precomputes the Canny edge tree of a dataset (docs/DESIGN.md §7, §D.6).
 
     python -m ecgan_jax.data.edges --dataset=cityscapes --root=/data/cityscapes
     python -m ecgan_jax.data.edges --dataset=ade20k --root=/data/ADEChallengeData2016
@@ -129,5 +129,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> int:
+    """The program: bad input (a missing root, unreadable files, an existing edge tree
+    without --overwrite) ends in one line with exit status 2."""
+    try:
+        return main()
+    except (ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -1,4 +1,4 @@
-"""Directory layouts of the datasets and pairing of their files by stem (ECGAN_SPEC.md §7, §D.6).
+"""Directory layouts of the datasets and pairing of their files by stem (docs/DESIGN.md §7, §D.6).
 
 `list_examples(name, root, split, *, need_edges, need_instances)` scans one split and returns
 one `ExamplePaths` per stem, in stem order. Every modality is paired **by file stem**, never by

@@ -1,4 +1,4 @@
-"""Decoding, label checks and geometric preprocessing of one example (ECGAN_SPEC.md §7, §D.6).
+"""Decoding, label checks and geometric preprocessing of one example (docs/DESIGN.md §7, §D.6).
 
 `ExampleTransform(spec, train=...)` turns a raw record (encoded file bytes or arrays, from any
 source) into the arrays of one example:
@@ -112,7 +112,7 @@ def int_map(img: Image.Image, kind: str, origin: str) -> np.ndarray:
     """Single-channel label / instance image -> int32 raw values.
 
     'L' (8-bit) gives the raw values, which is ToTensor() x 255 of the authors' loader; 16/32-bit
-    modes (Cityscapes `_instanceIds`) keep their raw values too (ECGAN_SPEC.md §7).
+    modes (Cityscapes `_instanceIds`) keep their raw values too (docs/DESIGN.md §7).
     """
     problem = mode_problem(img, kind, origin)
     if problem is not None:

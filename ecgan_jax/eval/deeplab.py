@@ -38,10 +38,8 @@ under `aspp.stages.`) and a bare `DeepLabV2` state dict (no `base.`) are renamed
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -49,10 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecgan_jax.eval import backbone, converter
+from ecgan_jax.eval.backbone import HIGHEST, ConvBN
 from ecgan_jax.eval.resampling import max_pool, resize_bilinear
 from ecgan_jax.eval.segmentation import Segmenter
 from ecgan_jax.interop import state_dict as sd_lib
-from ecgan_jax.interop import weights_out
 
 FORMAT = "ecgan_jax/deeplabv2_resnet101/v1"
 COCOSTUFF_CLASSES = 182
@@ -65,36 +64,8 @@ CONVERT_COMMAND = (
     "python -m ecgan_jax.eval.deeplab --convert deeplabv2_resnet101_msc-cocostuff164k-100000.pth"
     " --out FILE.npz  (kazuto1011/deeplab-pytorch's v1.0 release)"
 )
-_DROPPED = re.compile(r"\.num_batches_tracked$")
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-class ConvBN(nn.Module):
-    """kazuto1011 `_ConvBnReLU`: conv (no bias) `conv` + BN `bn` (+ ReLU)."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
-    relu: bool = True
-    precision: jax.lax.Precision | None = HIGHEST
-
-    @nn.compact
-    def __call__(self, x):
-        p = self.padding
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            kernel_dilation=(self.dilation, self.dilation),
-            use_bias=False,
-            precision=self.precision,
-            name="conv",
-        )(x)
-        x = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn")(x)
-        return nn.relu(x) if self.relu else x
+_DROPPED = converter.BN_COUNTER
+# kazuto1011 `_ConvBnReLU` (conv without bias `conv`, BN `bn`, optional ReLU) is `ConvBN`.
 
 
 class Bottleneck(nn.Module):
@@ -162,13 +133,8 @@ class ASPP(nn.Module):
     def __call__(self, x):
         out = 0.0
         for i, r in enumerate(self.rates):
-            conv = nn.Conv(
-                self.num_classes,
-                (3, 3),
-                padding=((r, r), (r, r)),
-                kernel_dilation=(r, r),
-                precision=self.precision,
-                name=f"c{i}",
+            conv = backbone.conv(
+                self.num_classes, 3, dilation=r, name=f"c{i}", precision=self.precision, bias=True
             )
             out = out + conv(x)
         return out
@@ -215,34 +181,17 @@ def msc_logits(model: DeepLabV2, variables, x, scales: Sequence[float] = MSC_SCA
 
 @functools.cache
 def abstract_variables(num_classes: int = COCOSTUFF_CLASSES, n_blocks: tuple[int, ...] = N_BLOCKS):
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    model = DeepLabV2(num_classes, n_blocks)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    return converter.abstract_of(DeepLabV2(num_classes, n_blocks))
 
 
 def init_deeplab(
     seed: int = 0, num_classes: int = COCOSTUFF_CLASSES, n_blocks: tuple[int, ...] = N_BLOCKS
 ) -> dict:
     """Random variables in numpy (tests, benchmarks): He-normal kernels, identity BN, zero bias."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = x.shape[0] * x.shape[1] * x.shape[2]
-            return rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
-        return np.full(x.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, abstract_variables(num_classes, n_blocks))
+    return converter.random_variables(abstract_variables(num_classes, n_blocks), seed)
 
 
-_LEAF_TO_TORCH = {
-    ("params", "kernel"): ("weight", sd_lib.CONV),
-    ("params", "scale"): ("weight", sd_lib.COPY),
-    ("params", "bias"): ("bias", sd_lib.COPY),
-    ("batch_stats", "mean"): ("running_mean", sd_lib.COPY),
-    ("batch_stats", "var"): ("running_var", sd_lib.COPY),
-}
+_LEAF_TO_TORCH = sd_lib.CONV_BN_LEAVES
 # The layout before kazuto1011/deeplab-pytorch b88e760 (2019-02) -> today's names.
 _LEGACY_RENAMES = (
     (re.compile(r"^scale\."), "base."),
@@ -272,12 +221,7 @@ def canonical_keys(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def state_dict_shapes(num_classes: int = COCOSTUFF_CLASSES) -> dict[str, tuple]:
     """{key: torch shape}: the released layout the converter expects."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_variables(num_classes)):
-        collection, *rest = (str(p.key) for p in path)
-        key, kind = torch_key(collection, tuple(rest))
-        out[key] = sd_lib.torch_shape(kind, leaf.shape)
-    return out
+    return converter.torch_shapes(abstract_variables(num_classes), torch_key)
 
 
 def convert_state_dict(
@@ -302,17 +246,20 @@ def convert_state_dict(
 def convert_file(
     src: str, out: str, num_classes: int = COCOSTUFF_CLASSES, overwrite: bool = False
 ) -> None:
-    weights_out.check_out(out, overwrite)
-    variables = convert_state_dict(sd_lib.read_state_dict(src), src, num_classes)
-    weights_out.save_variables_atomic(out, variables, f"{FORMAT}/{num_classes}", overwrite)
+    """The released `.pth` (or `.npz`) to this project's `.npz`; an existing `out` is refused
+    unless `overwrite`."""
+
+    def convert():
+        return convert_state_dict(sd_lib.read_state_dict(src), src, num_classes)
+
+    converter.save_converted(out, convert, f"{FORMAT}/{num_classes}", overwrite)
 
 
 def load_deeplab(path: str, num_classes: int = COCOSTUFF_CLASSES) -> dict:
     """Variables ({params, batch_stats}, jax arrays) of a file written by the converter."""
-    variables = sd_lib.load_variables(
+    return converter.load_converted(
         path, abstract_variables(num_classes), f"{FORMAT}/{num_classes}", CONVERT_COMMAND
     )
-    return jax.tree.map(jnp.asarray, variables)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -344,27 +291,15 @@ def deeplab_segmenter(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    prog = "python -m ecgan_jax.eval.deeplab"
-    parser = argparse.ArgumentParser(
-        prog=prog,
+    converter.converter_main(
+        argv,
+        prog="python -m ecgan_jax.eval.deeplab",
         description="Convert kazuto1011's DeepLab-v2 COCO-Stuff weights to a local .npz.",
+        sources="PTH",
+        sources_help="deeplabv2_resnet101_msc-cocostuff164k-100000.pth (or .npz)",
+        classes=COCOSTUFF_CLASSES,
+        run=lambda a: convert_file(a.convert, a.out, a.classes, a.overwrite),
     )
-    parser.add_argument(
-        "--convert",
-        required=True,
-        metavar="PTH",
-        help="deeplabv2_resnet101_msc-cocostuff164k-100000.pth (or .npz)",
-    )
-    parser.add_argument("--out", required=True, metavar="NPZ", help="output .npz file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--classes", type=int, default=COCOSTUFF_CLASSES, help="classes (182)")
-    args = parser.parse_args(argv)
-    try:
-        weights_out.check_out(args.out, args.overwrite)
-    except FileExistsError as e:
-        parser.exit(1, f"{prog}: error: {e}\n")
-    convert_file(args.convert, args.out, args.classes, args.overwrite)
-    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

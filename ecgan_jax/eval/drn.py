@@ -30,11 +30,9 @@ are removed; `*.num_batches_tracked` dropped.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import re
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -42,6 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecgan_jax.eval import converter
+from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv
+from ecgan_jax.eval.backbone import Bottleneck as Bottleneck  # fyu/drn's block, re-exported
 from ecgan_jax.eval.segmentation import Segmenter
 from ecgan_jax.interop import state_dict as sd_lib
 
@@ -54,26 +55,7 @@ CONVERT_COMMAND = (
 )
 LAYERS_D_105 = (1, 1, 3, 4, 23, 3, 1, 1)
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
-_DROPPED = re.compile(r"\.num_batches_tracked$")
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _conv(features, kernel, stride=1, dilation=1, name=None, precision=HIGHEST, bias=False):
-    pad = dilation * (kernel // 2)
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=bias,
-        precision=precision,
-        name=name,
-    )
-
-
-def _bn(name):
-    return nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)
+_DROPPED = converter.BN_COUNTER
 
 
 class ConvLayers(nn.Module):
@@ -90,55 +72,15 @@ class ConvLayers(nn.Module):
     def __call__(self, x):
         for j in range(self.convs):
             stride = self.stride if j == 0 else 1
-            x = _conv(
-                self.features, self.kernel, stride, self.dilation, f"seq_conv{j}", self.precision
+            x = conv(
+                self.features,
+                self.kernel,
+                stride,
+                self.dilation,
+                name=f"seq_conv{j}",
+                precision=self.precision,
             )(x)
-            x = nn.relu(_bn(f"seq_bn{j}")(x))
-        return x
-
-
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4 channels), BN after each, residual, ReLU."""
-
-    planes: int
-    stride: int = 1
-    dilation: int = 1
-    downsample: bool = False
-    precision: jax.lax.Precision | None = HIGHEST
-
-    @nn.compact
-    def __call__(self, x):
-        p = self.precision
-        out = nn.relu(_bn("bn1")(_conv(self.planes, 1, name="conv1", precision=p)(x)))
-        out = _conv(self.planes, 3, self.stride, self.dilation, "conv2", p)(out)
-        out = nn.relu(_bn("bn2")(out))
-        out = _bn("bn3")(_conv(self.planes * 4, 1, name="conv3", precision=p)(out))
-        if self.downsample:
-            x = _conv(self.planes * 4, 1, self.stride, name="downsample_conv", precision=p)(x)
-            x = _bn("downsample_bn")(x)
-        return nn.relu(out + x)
-
-
-class BottleneckLayer(nn.Module):
-    """fyu/drn `_make_layer(Bottleneck, planes, blocks, stride, dilation, new_level=False)`."""
-
-    planes: int
-    blocks: int
-    stride: int = 1
-    dilation: int = 1
-    precision: jax.lax.Precision | None = HIGHEST
-
-    @nn.compact
-    def __call__(self, x):
-        # Bottleneck uses only dilation[1], which is `dilation` for every block.
-        downsample = self.stride != 1 or x.shape[-1] != self.planes * 4
-        x = Bottleneck(
-            self.planes, self.stride, self.dilation, downsample, self.precision, name="block0"
-        )(x)
-        for b in range(1, self.blocks):
-            x = Bottleneck(self.planes, 1, self.dilation, False, self.precision, name=f"block{b}")(
-                x
-            )
+            x = nn.relu(batch_norm(f"seq_bn{j}")(x))
         return x
 
 
@@ -206,7 +148,7 @@ class DRNSeg(nn.Module):
         x = BottleneckLayer(c[5], n[5], dilation=4, precision=p, name="layer6")(x)
         x = ConvLayers(c[6], n[6], dilation=2, precision=p, name="layer7")(x)
         x = ConvLayers(c[7], n[7], precision=p, name="layer8")(x)
-        x = _conv(self.num_classes, 1, name="seg", precision=p, bias=True)(x)
+        x = conv(self.num_classes, 1, name="seg", precision=p, bias=True)(x)
         return UpsampleX8(self.num_classes, p, name="up")(x)
 
 
@@ -215,35 +157,22 @@ class DRNSeg(nn.Module):
 
 @functools.cache
 def abstract_variables(num_classes: int = 19):
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    return jax.eval_shape(lambda x: DRNSeg(num_classes).init(jax.random.key(0), x), x)
+    return converter.abstract_of(DRNSeg(num_classes))
 
 
 def init_drn(seed: int = 0, num_classes: int = 19) -> dict:
     """Random variables in numpy (tests, benchmarks): He-normal kernels, identity BN,
     bilinear `up`, zero `seg` bias."""
-    rng = np.random.default_rng(seed)
 
-    def leaf(path, x):
-        names = [p.key for p in path]
+    def up_kernel(names, _):
         if names[-2:] == ["up", "kernel"]:
             return sd_lib.to_flax(sd_lib.DECONV, bilinear_up_kernel(num_classes))
-        if names[-1] == "kernel":
-            fan_in = x.shape[0] * x.shape[1] * x.shape[2]
-            return rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
-        fill = 1.0 if names[-1] in ("scale", "var") else 0.0
-        return np.full(x.shape, fill, np.float32)
+        return None
 
-    return jax.tree_util.tree_map_with_path(leaf, abstract_variables(num_classes))
+    return converter.random_variables(abstract_variables(num_classes), seed, up_kernel)
 
 
-_LEAF_TO_TORCH = {
-    ("params", "kernel"): ("weight", sd_lib.CONV),
-    ("params", "scale"): ("weight", sd_lib.COPY),
-    ("params", "bias"): ("bias", sd_lib.COPY),
-    ("batch_stats", "mean"): ("running_mean", sd_lib.COPY),
-    ("batch_stats", "var"): ("running_var", sd_lib.COPY),
-}
+_LEAF_TO_TORCH = sd_lib.CONV_BN_LEAVES
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
@@ -283,18 +212,20 @@ def convert_state_dict(
 
 
 def convert_file(src: str, out: str, num_classes: int = 19) -> None:
-    """Converts fyu/drn's DRN-D-105 `.pth` (or `.npz`) to this project's `.npz`, written whole
-    or not at all (`state_dict.write_npz`)."""
-    variables = convert_state_dict(sd_lib.read_state_dict(src), src, num_classes)
-    sd_lib.save_variables(out, variables, f"{FORMAT}/{num_classes}")
+    """Converts fyu/drn's DRN-D-105 `.pth` (or `.npz`) to this project's `.npz` (replacing
+    `out`), written whole or not at all (a temporary sibling renamed into place)."""
+
+    def convert():
+        return convert_state_dict(sd_lib.read_state_dict(src), src, num_classes)
+
+    converter.save_converted(out, convert, f"{FORMAT}/{num_classes}", overwrite=True)
 
 
 def load_drn(path: str, num_classes: int = 19) -> dict:
     """Variables ({params, batch_stats}, jax arrays) of a file written by the converter."""
-    variables = sd_lib.load_variables(
+    return converter.load_converted(
         path, abstract_variables(num_classes), f"{FORMAT}/{num_classes}", CONVERT_COMMAND
     )
-    return jax.tree.map(jnp.asarray, variables)
 
 
 def drn_segmenter(
@@ -317,18 +248,16 @@ def drn_segmenter(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    converter.converter_main(
+        argv,
         prog="python -m ecgan_jax.eval.drn",
         description="Convert fyu/drn's DRN-D-105 Cityscapes weights to a local .npz.",
+        sources="PTH",
+        sources_help="drn-d-105_ms_cityscapes.pth (or .npz)",
+        classes=19,
+        refuse_existing=False,
+        run=lambda a: convert_file(a.convert, a.out, a.classes),
     )
-    parser.add_argument(
-        "--convert", required=True, metavar="PTH", help="drn-d-105_ms_cityscapes.pth (or .npz)"
-    )
-    parser.add_argument("--out", required=True, metavar="NPZ", help="output .npz file")
-    parser.add_argument("--classes", type=int, default=19, help="segmentation classes (19)")
-    args = parser.parse_args(argv)
-    convert_file(args.convert, args.out, args.classes)
-    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

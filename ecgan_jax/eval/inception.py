@@ -25,10 +25,8 @@ variables (see `ecgan_jax.state_dict`). `load_inception(path)` reads it back.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -36,6 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecgan_jax.eval import converter
+from ecgan_jax.eval.backbone import HIGHEST, ConvBN
+from ecgan_jax.eval.resampling import bilinear_matrix as bilinear_matrix  # re-exported
+from ecgan_jax.eval.resampling import max_pool, resize_bilinear
 from ecgan_jax.interop import state_dict as sd_lib
 
 FORMAT = "ecgan_jax/inception_v3_fid/v1"
@@ -47,47 +49,6 @@ CONVERT_COMMAND = (
 )
 _DROPPED = re.compile(r"(^fc\.(weight|bias)$)|(\.num_batches_tracked$)")
 _FC_SHAPE = (1008, FEATURE_DIM)  # the TF graph's 1008-way classifier, dropped
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# --------------------------------------------------------------------------- resize
-
-
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) interpolation weights of PyTorch's bilinear rule, align_corners=False.
-
-    src = (dst + 0.5) * (n_in / n_out) - 0.5, clamped below at 0; the two neighbours are
-    floor(src) and min(floor(src) + 1, n_in - 1). No antialiasing when downsampling. The
-    coordinates are computed in float32, as PyTorch does for float32 images.
-    """
-    f32 = np.float32
-    scale = f32(n_in) / f32(n_out)
-    # scale * (dst + 0.5) - 0.5 rounded once to float32 (PyTorch's kernel contracts it to an
-    # FMA); the float64 product of two float32 values is exact.
-    dst = np.arange(n_out, dtype=np.float64)
-    src = (np.float64(scale) * (dst + 0.5) - 0.5).astype(f32)
-    src = np.maximum(src, f32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0))
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), f32(1.0) - frac)
-    np.add.at(m, (np.arange(n_out), i1), frac)
-    return m
-
-
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Resizes NHWC `x` to `size` = (H, W) like `F.interpolate(bilinear, align_corners=False)`.
-
-    Two small matmuls (rows then columns) in float32 at HIGHEST precision.
-    """
-    h, w = x.shape[1], x.shape[2]
-    if (h, w) == tuple(size):
-        return x
-    mh = jnp.asarray(bilinear_matrix(h, size[0]))
-    mw = jnp.asarray(bilinear_matrix(w, size[1]))
-    x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=HIGHEST)
-    return jnp.einsum("pw,bowc->bopc", mw, x, precision=HIGHEST)
 
 
 # --------------------------------------------------------------------------- pools
@@ -112,43 +73,17 @@ def avg_pool_exclude_pad(x: jax.Array) -> jax.Array:
     return total / count
 
 
-def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
-    """Max pool; padding (if any) is -inf, as PyTorch's F.max_pool2d."""
-    return _pool_window(x, -jnp.inf, jax.lax.max, window, stride, pad)
-
-
 # --------------------------------------------------------------------------- blocks
 
 
-class BasicConv2d(nn.Module):
-    """conv (no bias) + BatchNorm(eps 1e-3, running stats) + ReLU; NHWC."""
+class BasicConv2d(ConvBN):
+    """pytorch-fid `BasicConv2d`: conv `conv` (no bias) + BatchNorm `bn` (eps 1e-3) + ReLU."""
 
-    features: int
-    kernel: tuple[int, int]
-    stride: int = 1
-    padding: tuple[int, int] = (0, 0)
-    precision: jax.lax.Precision | None = HIGHEST
-
-    @nn.compact
-    def __call__(self, x):
-        ph, pw = self.padding
-        x = nn.Conv(
-            self.features,
-            self.kernel,
-            strides=(self.stride, self.stride),
-            padding=((ph, ph), (pw, pw)),
-            use_bias=False,
-            precision=self.precision,
-            name="conv",
-        )(x)
-        x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
-        return nn.relu(x)
+    epsilon: float = 1e-3
 
 
 def _conv(name, features, kernel, stride=1, padding=(0, 0), precision=HIGHEST):
-    if isinstance(kernel, int):
-        kernel = (kernel, kernel)
-    return BasicConv2d(features, kernel, stride, padding, precision, name=name)
+    return BasicConv2d(features, kernel, stride, padding, precision=precision, name=name)
 
 
 class InceptionA(nn.Module):
@@ -304,8 +239,7 @@ class InceptionV3FID(nn.Module):
 @functools.cache
 def abstract_variables():
     """Shapes of the network's variables ({params, batch_stats}), without computing them."""
-    x = jax.ShapeDtypeStruct((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32)
-    return jax.eval_shape(lambda x: InceptionV3FID().init(jax.random.key(0), x), x)
+    return converter.abstract_of(InceptionV3FID(), FID_INPUT_SIZE)
 
 
 def init_inception(seed: int = 0) -> dict:
@@ -314,26 +248,10 @@ def init_inception(seed: int = 0) -> dict:
     He-normal kernels keep the activation scale through the 94 conv+ReLU layers; BatchNorm is
     the identity (scale 1, bias 0, mean 0, var 1).
     """
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = x.shape[0] * x.shape[1] * x.shape[2]
-            return rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
-        fill = 1.0 if name in ("scale", "var") else 0.0
-        return np.full(x.shape, fill, np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, abstract_variables())
+    return converter.random_variables(abstract_variables(), seed)
 
 
-_LEAF_TO_TORCH = {
-    ("params", "kernel"): ("weight", sd_lib.CONV),
-    ("params", "scale"): ("weight", sd_lib.COPY),
-    ("params", "bias"): ("bias", sd_lib.COPY),
-    ("batch_stats", "mean"): ("running_mean", sd_lib.COPY),
-    ("batch_stats", "var"): ("running_var", sd_lib.COPY),
-}
+_LEAF_TO_TORCH = sd_lib.CONV_BN_LEAVES
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
@@ -359,34 +277,31 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], source: str = "state d
 def convert_file(src: str, out: str) -> None:
     """Converts a `.pth` (or `.npz`) pytorch-fid state dict to this project's `.npz`.
 
-    `out` is written whole or not at all (`state_dict.write_npz`: a temporary sibling renamed
+    `out` (replaced if present) is written whole or not at all (a temporary sibling renamed
     into place), so a full disk never leaves a truncated weights file behind.
     """
-    variables = convert_state_dict(sd_lib.read_state_dict(src), source=src)
-    sd_lib.save_variables(out, variables, FORMAT)
+
+    def convert():
+        return convert_state_dict(sd_lib.read_state_dict(src), source=src)
+
+    converter.save_converted(out, convert, FORMAT, overwrite=True)
 
 
 def load_inception(path: str) -> dict:
     """Variables ({params, batch_stats}, jax arrays) of a file written by the converter."""
-    variables = sd_lib.load_variables(path, abstract_variables(), FORMAT, CONVERT_COMMAND)
-    return jax.tree.map(jnp.asarray, variables)
+    return converter.load_converted(path, abstract_variables(), FORMAT, CONVERT_COMMAND)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    converter.converter_main(
+        argv,
         prog="python -m ecgan_jax.eval.inception",
         description="Convert pytorch-fid's FID InceptionV3 weights to a local .npz.",
+        sources="PTH",
+        sources_help="pt_inception-2015-12-05-6726825d.pth (or the same state dict as .npz)",
+        refuse_existing=False,
+        run=lambda a: convert_file(a.convert, a.out),
     )
-    parser.add_argument(
-        "--convert",
-        required=True,
-        metavar="PTH",
-        help="pt_inception-2015-12-05-6726825d.pth (or the same state dict as .npz)",
-    )
-    parser.add_argument("--out", required=True, metavar="NPZ", help="output .npz file")
-    args = parser.parse_args(argv)
-    convert_file(args.convert, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

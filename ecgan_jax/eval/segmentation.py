@@ -29,18 +29,11 @@ by nearest neighbour, §D.5); ignore pixels are excluded from every score.
 (images (B, H, W, 3) float32 in [-1, 1], NHWC; logits (B, H, W, K) at the image size), its
 `variables` and `num_classes`; calling it applies it. It must be traceable by `jax.jit`; each
 network does its own input normalisation inside `apply_fn`. DRN-D-105 for Cityscapes is
-`ecgan_jax.eval.drn.drn_segmenter(load_drn(path))`. To plug in the other conventional
-networks (§5):
-* ADE20K, UperNet-ResNet101 (CSAILVision semantic-segmentation-pytorch, 150 classes): port
-  the network to Flax like `drn.py` (ResNet-101 encoder with its deep stem, PPM + FPN decoder),
-  convert its `encoder_epoch_*.pth`/`decoder_epoch_*.pth` with `state_dict.convert_state_dict`,
-  and in `apply_fn` map [-1, 1] to ImageNet-normalised RGB, run the multi-scale test sizes if
-  wanted and resize the logits to (H, W) bilinearly. ADE20K annotations use 0 for "other"
-  and 1..150 for the classes: score `labels - 1` ("other" becomes -1, ignored) against the
-  150-way arg-max, as CSAILVision's evaluation does.
-* COCO-Stuff, DeepLab-v2 ResNet101 (kazuto1011/deeplab-pytorch, cocostuff164k, 182 classes):
-  same recipe (ResNet-101 + ASPP, BGR mean subtraction in `apply_fn`, logits upsampled to
-  (H, W)); labels 0..181, 255 ignored.
+`ecgan_jax.eval.drn.drn_segmenter(load_drn(path))`; UperNet-101 for ADE20K is
+`ecgan_jax.eval.upernet.upernet_segmenter(load_upernet(path))` (it returns softmax
+probabilities, whose arg-max is all the metrics use) and DeepLab-v2 for COCO-Stuff
+`ecgan_jax.eval.deeplab.deeplab_segmenter(load_deeplab(path))`; `ecgan_jax.eval.protocol`
+picks one per dataset with its label mapping.
 * A network kept in PyTorch can be wrapped in `apply_fn` with `jax.pure_callback`, or its
   arg-max predictions can be given to `ConfusionMatrixAccumulator.update` directly: the
   metrics do not depend on the segmenter.

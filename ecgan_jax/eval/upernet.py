@@ -41,10 +41,8 @@ bias}`. `*.num_batches_tracked` is dropped, a `module.` prefix removed.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -52,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgan_jax.eval.drn import BottleneckLayer
+from ecgan_jax.eval import converter
+from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv
 from ecgan_jax.eval.resampling import (
     adaptive_avg_pool,
     max_pool,
@@ -61,7 +60,6 @@ from ecgan_jax.eval.resampling import (
 )
 from ecgan_jax.eval.segmentation import Segmenter
 from ecgan_jax.interop import state_dict as sd_lib
-from ecgan_jax.interop import weights_out
 
 FORMAT = "ecgan_jax/upernet101_ade20k/v1"
 ADE20K_CLASSES = 150
@@ -78,27 +76,13 @@ CONVERT_COMMAND = (
     "python -m ecgan_jax.eval.upernet --convert encoder_epoch_50.pth decoder_epoch_50.pth "
     "--out FILE.npz  (CSAILVision's ade20k-resnet101-upernet release)"
 )
-_DROPPED = re.compile(r"\.num_batches_tracked$")
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _conv(features, kernel, stride=1, name=None, precision=HIGHEST, bias=False):
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=bias,
-        precision=precision,
-        name=name,
-    )
+_DROPPED = converter.BN_COUNTER
 
 
 def _conv_bn_relu(x, features, kernel, name, precision):
     """conv `{name}_conv` (no bias) + BN `{name}_bn` + ReLU, created in the caller's scope."""
-    x = _conv(features, kernel, 1, f"{name}_conv", precision)(x)
-    return nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=f"{name}_bn")(x))
+    x = conv(features, kernel, name=f"{name}_conv", precision=precision)(x)
+    return nn.relu(batch_norm(f"{name}_bn")(x))
 
 
 class ResNetEncoder(nn.Module):
@@ -111,8 +95,9 @@ class ResNetEncoder(nn.Module):
     def __call__(self, x):
         p = self.precision
         for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 1)), start=1):
-            x = _conv(features, 3, stride, f"conv{i}", p)(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=f"bn{i}")(x))
+            x = nn.relu(
+                batch_norm(f"bn{i}")(conv(features, 3, stride, name=f"conv{i}", precision=p)(x))
+            )
         x = max_pool(x, 3, 2, 1)
         feats = []
         for i, (planes, blocks) in enumerate(
@@ -152,7 +137,7 @@ class UPerNetHead(nn.Module):
         size4 = levels[0].shape[1:3]
         fused = jnp.concatenate([levels[0]] + [resize_bilinear(t, size4) for t in levels[1:]], -1)
         x = _conv_bn_relu(fused, self.fpn_dim, 3, "last", p)
-        return _conv(self.num_classes, 1, name="classifier", precision=p, bias=True)(x)
+        return conv(self.num_classes, 1, name="classifier", precision=p, bias=True)(x)
 
 
 class UperNet(nn.Module):
@@ -182,34 +167,17 @@ class UperNet(nn.Module):
 
 @functools.cache
 def abstract_variables(num_classes: int = ADE20K_CLASSES, layers: tuple[int, ...] = LAYERS_101):
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    model = UperNet(num_classes, layers)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    return converter.abstract_of(UperNet(num_classes, layers))
 
 
 def init_upernet(
     seed: int = 0, num_classes: int = ADE20K_CLASSES, layers: tuple[int, ...] = LAYERS_101
 ) -> dict:
     """Random variables in numpy (tests, benchmarks): He-normal kernels, identity BN, zero bias."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = x.shape[0] * x.shape[1] * x.shape[2]
-            return rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
-        return np.full(x.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, abstract_variables(num_classes, layers))
+    return converter.random_variables(abstract_variables(num_classes, layers), seed)
 
 
-_LEAF_TO_TORCH = {
-    ("params", "kernel"): ("weight", sd_lib.CONV),
-    ("params", "scale"): ("weight", sd_lib.COPY),
-    ("params", "bias"): ("bias", sd_lib.COPY),
-    ("batch_stats", "mean"): ("running_mean", sd_lib.COPY),
-    ("batch_stats", "var"): ("running_var", sd_lib.COPY),
-}
+_LEAF_TO_TORCH = sd_lib.CONV_BN_LEAVES
 _BN_INDEX = {"conv": "0", "bn": "1"}
 _DECODER_NAMES = (  # Flax module name -> torch key prefix (conv at .0, its BN at .1)
     (re.compile(r"ppm(\d)_(conv|bn)"), "ppm_conv.{0}.{1}"),
@@ -251,12 +219,11 @@ def state_dict_shapes(
 ) -> dict[str, dict[str, tuple]]:
     """{"encoder": {key: torch shape}, "decoder": {...}}: the layout the converter expects."""
     out: dict[str, dict[str, tuple]] = {"encoder": {}, "decoder": {}}
-    abstract = abstract_variables(num_classes, layers)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
-        collection, *rest = (str(p.key) for p in path)
-        key, kind = torch_key(collection, tuple(rest))
+    for key, shape in converter.torch_shapes(
+        abstract_variables(num_classes, layers), torch_key
+    ).items():
         part, key = key.split(".", 1)
-        out[part][key] = sd_lib.torch_shape(kind, leaf.shape)
+        out[part][key] = shape
     return out
 
 
@@ -294,22 +261,25 @@ def convert_file(
     num_classes: int = ADE20K_CLASSES,
     overwrite: bool = False,
 ) -> None:
-    weights_out.check_out(out, overwrite)
-    variables = convert_state_dict(
-        sd_lib.read_state_dict(encoder_path),
-        sd_lib.read_state_dict(decoder_path),
-        f"{encoder_path} + {decoder_path}",
-        num_classes,
-    )
-    weights_out.save_variables_atomic(out, variables, f"{FORMAT}/{num_classes}", overwrite)
+    """The two released `.pth` (or `.npz`) files to this project's `.npz`; an existing `out`
+    is refused unless `overwrite`."""
+
+    def convert():
+        return convert_state_dict(
+            sd_lib.read_state_dict(encoder_path),
+            sd_lib.read_state_dict(decoder_path),
+            f"{encoder_path} + {decoder_path}",
+            num_classes,
+        )
+
+    converter.save_converted(out, convert, f"{FORMAT}/{num_classes}", overwrite)
 
 
 def load_upernet(path: str, num_classes: int = ADE20K_CLASSES) -> dict:
     """Variables ({params, batch_stats}, jax arrays) of a file written by the converter."""
-    variables = sd_lib.load_variables(
+    return converter.load_converted(
         path, abstract_variables(num_classes), f"{FORMAT}/{num_classes}", CONVERT_COMMAND
     )
-    return jax.tree.map(jnp.asarray, variables)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -377,28 +347,15 @@ def upernet_segmenter(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    prog = "python -m ecgan_jax.eval.upernet"
-    parser = argparse.ArgumentParser(
-        prog=prog,
+    converter.converter_main(
+        argv,
+        prog="python -m ecgan_jax.eval.upernet",
         description="Convert CSAILVision's UperNet-101 ADE20K weights to a local .npz.",
+        sources=("ENCODER", "DECODER"),
+        sources_help="encoder_epoch_50.pth decoder_epoch_50.pth (or .npz)",
+        classes=ADE20K_CLASSES,
+        run=lambda a: convert_file(*a.convert, a.out, a.classes, a.overwrite),
     )
-    parser.add_argument(
-        "--convert",
-        required=True,
-        nargs=2,
-        metavar=("ENCODER", "DECODER"),
-        help="encoder_epoch_50.pth decoder_epoch_50.pth (or .npz)",
-    )
-    parser.add_argument("--out", required=True, metavar="NPZ", help="output .npz file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--classes", type=int, default=ADE20K_CLASSES, help="classes (150)")
-    args = parser.parse_args(argv)
-    try:
-        weights_out.check_out(args.out, args.overwrite)
-    except FileExistsError as e:
-        parser.exit(1, f"{prog}: error: {e}\n")
-    convert_file(*args.convert, args.out, args.classes, args.overwrite)
-    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Converter from the authors' PyTorch checkpoints to Flax variables (ECGAN_SPEC.md §2.6, §3, §6).
+"""Converter from the authors' PyTorch checkpoints to Flax variables (docs/DESIGN.md §2.6, §3, §6).
 
     python -m ecgan_jax.convert --config=configs/cityscapes.py \
         --generator=checkpoints/cityscapes/latest_net_G.pth \

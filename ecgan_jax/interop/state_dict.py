@@ -71,6 +71,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return sd
 
 
+# Flax (collection, leaf) -> (PyTorch leaf, conversion) of a conv + BatchNorm network: the one
+# key table of the evaluation networks' converters (DRN, InceptionV3, UperNet, DeepLab).
+CONV_BN_LEAVES = {
+    ("params", "kernel"): ("weight", CONV),
+    ("params", "scale"): ("weight", COPY),
+    ("params", "bias"): ("bias", COPY),
+    ("batch_stats", "mean"): ("running_mean", COPY),
+    ("batch_stats", "var"): ("running_var", COPY),
+}
+
+
 def torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of the PyTorch tensor that becomes a Flax leaf of `flax_shape`."""
     if kind in (CONV, DECONV):  # depthwise DECONV: torch (C, 1, kh, kw) <-> HWIO (kh, kw, 1, C)

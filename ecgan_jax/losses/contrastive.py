@@ -1,4 +1,4 @@
-"""Supervised pixel/region contrastive losses, multi-scale (ECGAN_SPEC.md §D.3).
+"""Supervised pixel/region contrastive losses, multi-scale (docs/DESIGN.md §D.3).
 
 `supervised_contrastive_loss` is the core (§D.3.6). `pixel_contrastive_loss` (§D.3.7) and
 `class_contrastive_loss` (§D.3.8) build its contrast sets; `multiscale_contrastive_loss` is
@@ -32,7 +32,7 @@ def supervised_contrastive_loss(
     contrast_valid: jax.Array | None = None,
     self_mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Supervised contrastive loss with one positive per term (ECGAN_SPEC.md §D.3.6).
+    """Supervised contrastive loss with one positive per term (docs/DESIGN.md §D.3.6).
 
     For each valid anchor a, with P(a) the valid contrast items of the same label and N(a) the
     valid items of other labels (pairs in `self_mask` dropped from both):
@@ -138,7 +138,7 @@ def pixel_contrastive_loss(
     bank: MemoryBank | None,
     temperature: float,
 ) -> jax.Array:
-    """Pixel-to-pixel loss L_pix of one layer (ECGAN_SPEC.md §D.3.7).
+    """Pixel-to-pixel loss L_pix of one layer (docs/DESIGN.md §D.3.7).
 
     Contrast = the sampled pixels `pixels` (of this layer, or of all layers with cross-scale)
     plus the pixel memory bank. The anchors are the rows `anchor_offset : anchor_offset + A` of
@@ -187,7 +187,7 @@ def class_contrastive_loss(
     bank: MemoryBank | None,
     temperature: float,
 ) -> jax.Array:
-    """Pixel-to-region loss L_cls of one layer (ECGAN_SPEC.md §D.3.8).
+    """Pixel-to-region loss L_cls of one layer (docs/DESIGN.md §D.3.8).
 
     Contrast = the region embeddings `regions` (`(R, D)`, labels `(R,)`, valid `(R,)`: of this
     layer, or of all layers with cross-scale, over the whole global batch) plus the region
@@ -254,7 +254,7 @@ def multiscale_contrastive_loss(
     mesh=None,
     axis_name: str = "data",
 ) -> tuple[jax.Array, ContrastiveAux]:
-    """L_cl = λ_pix · mean_l L_pix,l + λ_cls · mean_l L_cls,l (ECGAN_SPEC.md §D.3).
+    """L_cl = λ_pix · mean_l L_pix,l + λ_cls · mean_l L_cls,l (docs/DESIGN.md §D.3).
 
     Per layer l: the labels are resized to (h_l, w_l) by the PyTorch nearest rule; `num_anchors`
     pixels of the global batch are drawn class-balanced (key `fold_in(key, l)`); region

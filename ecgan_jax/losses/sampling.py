@@ -1,4 +1,4 @@
-"""Label resizing, class-balanced anchor sampling and region embeddings (ECGAN_SPEC.md §D.3).
+"""Label resizing, class-balanced anchor sampling and region embeddings (docs/DESIGN.md §D.3).
 
 Everything here is global-batch math with static shapes: under `jax.jit` with the batch sharded
 over a device mesh, the sampled anchors and the regions span the whole global batch, and the
@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 
 def resize_labels_nearest(labels: jax.Array, *, size: tuple[int, int]) -> jax.Array:
-    """Nearest resize of an integer label map with PyTorch's rule (ECGAN_SPEC.md §D.2, §D.3.3).
+    """Nearest resize of an integer label map with PyTorch's rule (docs/DESIGN.md §D.2, §D.3.3).
 
     Output pixel (i, j) takes input pixel (floor(i·H/h), floor(j·W/w)), computed in exact
     integer arithmetic (`F.interpolate(mode="nearest")`; `jax.image.resize` differs).
@@ -69,7 +69,7 @@ ANCHOR_SELECTIONS = ("auto", "global", "per_shard")
 
 
 def anchor_scores(*, labels: jax.Array, key: jax.Array, num_classes: int) -> jax.Array:
-    """Gumbel-top-k scores log(weight) + Gumbel noise of every pixel (ECGAN_SPEC.md §D.3.4).
+    """Gumbel-top-k scores log(weight) + Gumbel noise of every pixel (docs/DESIGN.md §D.3.4).
 
     The weight of a pixel is 1 / (number of pixels of its class in its image); ignore pixels
     (labels outside `[0, num_classes)`) score −inf. Elementwise per image, so under `jax.jit`
@@ -238,7 +238,7 @@ def sample_anchors(
     mesh=None,
     axis_name: str = "data",
 ) -> AnchorSample:
-    """Class-balanced sampling without replacement by Gumbel-top-k (ECGAN_SPEC.md §D.3.4).
+    """Class-balanced sampling without replacement by Gumbel-top-k (docs/DESIGN.md §D.3.4).
 
     The weight of a pixel is 1 / (number of pixels of its class in its image); ignore pixels
     (labels outside `[0, num_classes)`) have weight 0 and are never drawn. The draw is
@@ -286,7 +286,7 @@ def l2_normalize(x: jax.Array, *, axis: int = -1, eps: float = 1e-12) -> jax.Arr
 def region_embeddings(
     *, embeddings: jax.Array, labels: jax.Array, num_classes: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Normalised mean embedding per (image, class) by one one-hot matmul (ECGAN_SPEC.md §D.3.5).
+    """Normalised mean embedding per (image, class) by one one-hot matmul (docs/DESIGN.md §D.3.5).
 
     Args:
       embeddings: `(B, h, w, D)` projected (L2-normalised) embeddings.
