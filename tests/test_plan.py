@@ -1,0 +1,211 @@
+"""The deviceless TPU planner (`ecgan_jax.cli.plan`): the train step compiled for a TPU slice.
+
+Needs libtpu (setup.cfg's `tpu` extra); skipped without it, a failure with
+ECGAN_REQUIRE_LIBTPU=1. One tiny config (synthetic smoke, ngf = ndf = 4, 32×64, contrastive
+and VGG on) on a 4-chip v4 slice; its two TPU compiles (batch 1 and 2 per chip) are shared by
+every test through the module fixture and the planner's own result cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import jax
+import pytest
+
+from ecgan_jax import config_lib
+from ecgan_jax.cli import plan as plan_lib
+
+pytestmark = [pytest.mark.tpu, pytest.mark.xdist_group("tpu_plan")]
+
+TOPOLOGY = "v4:2x2x1"
+SMOKE = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py")
+
+
+def _require_libtpu():
+    if importlib.util.find_spec("libtpu") is not None:
+        return
+    message = "libtpu is not installed (pip install the `tpu` extra) : cannot compile for TPU"
+    if os.environ.get("ECGAN_REQUIRE_LIBTPU") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def tiny_config():
+    config = config_lib.load_config(f"{SMOKE}:smoke")
+    with config.unlocked():
+        config.model.ngf = config.model.ndf = 4
+    assert tuple(config.dataset.image_size) == (32, 64) and config.perceptual.enabled
+    return config
+
+
+def _primitive_counts(jaxpr_text: str) -> dict:
+    return {
+        "custom_vjp": jaxpr_text.count("custom_vjp_call"),
+        "optimization_barrier": jaxpr_text.count("optimization_barrier"),
+        "uint8": jaxpr_text.count(":u8["),
+        "scan": jaxpr_text.count("scan["),
+    }
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """{1: plan, 2: plan, "cache": dir, "log": lines} of the tiny config."""
+    _require_libtpu()
+    cache = tmp_path_factory.mktemp("xdg_cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        topo = plan_lib.resolve_topology(TOPOLOGY)
+        config = tiny_config()
+        out = {"cache": cache, "log": []}
+        out[1] = plan_lib.plan(config, topo, 1, log=out["log"].append)
+        out[2] = plan_lib.plan(config, topo, 2, log=out["log"].append)
+        yield out
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+
+
+def test_topology_names():
+    t = plan_lib.resolve_topology("v4-8")
+    assert (t.libtpu_name, t.chips, t.chip_config_name) == ("v4:2x2x1", 4, "megacore")
+    assert plan_lib.resolve_topology("v5litepod-8").libtpu_name == "v5e:2x4"
+    assert plan_lib.resolve_topology("v6e:2x2").chips == 4
+    for bad in ("v4-6", "v9-8", "tpu", "v5e:2x2x2"):
+        with pytest.raises(ValueError, match="--topology"):
+            plan_lib.resolve_topology(bad)
+
+
+def test_collective_bytes_reads_operand_shapes():
+    hlo = "\n".join(
+        [
+            "  %p = f32[8,4]{1,0} parameter(0)",
+            "  %q = bf16[16]{0} parameter(1)",
+            "  %ar = f32[8,4]{1,0} all-reduce(%p), replica_groups={}, to_apply=%add",
+            "  %ag = bf16[64]{0} all-gather(%q), dimensions={0}",
+            "  %t = (f32[8,4]{1,0}, bf16[16]{0}) all-reduce-start(%p, %q), to_apply=%add",
+            "  %d = (f32[8,4]{1,0}, bf16[16]{0}) all-reduce-done(%t)",
+        ]
+    )
+    got = plan_lib.collective_bytes(hlo)
+    assert got["all-reduce"] == 8 * 4 * 4 + (8 * 4 * 4 + 16 * 2)
+    assert got["all-gather"] == 16 * 2  # the operand, not the gathered result
+    assert got["reduce-scatter"] == got["all-to-all"] == 0
+
+
+def test_compiles_for_tpu_without_one(plans):
+    p = plans[1]
+    assert jax.default_backend() == "cpu"
+    assert p["chips"] == 4 and p["global_batch"] == 4 and p["generation"] == "v4"
+    assert p["flops"] > 0 and p["bytes_accessed"] > 0
+    m = p["memory"]
+    assert m["argument"] > 0 and m["temp"] > 0 and m["total"] > 0
+    parts = m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
+    assert m["total"] == parts
+    assert not p["cpu_kernels"]
+    # Data parallelism: the gradients are summed over chips.
+    assert p["collective_bytes"]["all-reduce"] > 0
+    r = p["roofline"]
+    assert r["step_seconds"] == max(
+        p["flops"] / p["chip"]["peak_bf16_flops"], p["bytes_accessed"] / p["chip"]["hbm_bandwidth"]
+    )
+    text = plan_lib.format_plan(p)
+    assert "ESTIMATE" in text and "v4:2x2x1" in text
+
+
+def test_memory_grows_with_the_batch(plans):
+    one, two = plans[1]["memory"], plans[2]["memory"]
+    assert two["total"] > one["total"] and two["temp"] > one["temp"]
+    assert plans[2]["flops"] > plans[1]["flops"]
+
+
+def test_second_plan_comes_from_the_cache(plans):
+    log = []
+    again = plan_lib.plan(tiny_config(), plan_lib.resolve_topology(TOPOLOGY), 1, log=log.append)
+    assert len(log) == 1 and "cached" in log[0]
+    assert again["memory"] == plans[1]["memory"] and again["flops"] == plans[1]["flops"]
+    files = list((plans["cache"] / "ecgan_jax" / "plans").glob("*.json"))
+    assert len(files) == 2
+
+
+def test_fit_command_on_a_small_hbm(plans, tmp_path):
+    # HBM between batch 1's and batch 2's totals: 1 fits, 2 does not (both cached).
+    hbm = (plans[1]["memory"]["total"] + plans[2]["memory"]["total"]) / 2 / plan_lib.GIB
+    out = tmp_path / "fit.json"
+    result = plan_lib.main(
+        [
+            f"--config={SMOKE}:smoke",
+            "--config.model.ngf=4",
+            "--config.model.ndf=4",
+            f"--topology={TOPOLOGY}",
+            "--fit",
+            f"--hbm_gib={hbm!r}",
+            f"--json={out}",
+        ]
+    )
+    assert result["fit"] == 1 and result["plan"]["fits"] and not result["next"]["fits"]
+    assert result["next"]["batch_per_chip"] == 2
+    assert json.loads(out.read_text())["fit"] == 1
+
+
+def test_fit_bisection(monkeypatch):
+    """The search on a stand-in plan (total = 10 + 3·batch bytes): largest fit, next fails."""
+    calls = []
+
+    def fake_plan(config, topology, batch, *, hbm_bytes, use_cache, log):
+        calls.append(batch)
+        total = 10 + 3 * batch
+        return {"memory": {"total": total}, "fits": total <= hbm_bytes, "hbm_bytes": hbm_bytes}
+
+    monkeypatch.setattr(plan_lib, "plan", fake_plan)
+    topo = plan_lib.resolve_topology(TOPOLOGY)
+    for hbm, want in [(40, 10), (13, 1), (1000, 330)]:
+        calls.clear()
+        best, p, nxt = plan_lib.fit_batch(None, topo, hbm_bytes=hbm)
+        assert best == want and p["fits"] and not nxt["fits"]
+        assert len(calls) <= 2 * (want.bit_length() + 1)
+    with pytest.raises(ValueError, match="nothing fits"):
+        plan_lib.fit_batch(None, topo, hbm_bytes=12)
+
+
+def test_tpu_step_takes_the_accelerator_path():
+    """The TPU step has none of the CPU machinery (bit-packed masks, blocked-conv scans,
+    recompute ties), which the same step built for a CPU mesh has."""
+    from ecgan_jax.sharding import make_mesh
+
+    _require_libtpu()
+    config = tiny_config()
+    tpu_mesh = make_mesh(plan_lib.tpu_devices(plan_lib.resolve_topology(TOPOLOGY)))
+    cpu_mesh = make_mesh(jax.devices("cpu")[:4])
+    counts = {}
+    for name, mesh in (("tpu", tpu_mesh), ("cpu", cpu_mesh)):
+        step_fn, args = plan_lib.abstract_step(config, mesh, 1)
+        counts[name] = _primitive_counts(str(jax.make_jaxpr(step_fn)(*args)))
+    assert all(v == 0 for k, v in counts["tpu"].items() if k != "scan"), counts
+    assert counts["cpu"]["custom_vjp"] > 0 and counts["cpu"]["uint8"] > 0, counts
+    assert counts["cpu"]["optimization_barrier"] > 0, counts
+    assert counts["cpu"]["scan"] > counts["tpu"]["scan"], counts
+
+
+def test_planner_step_is_the_trainers_step():
+    """`abstract_step` builds what `build_trainer` builds (compared on a CPU mesh, where the
+    trainer's VGG weights can live)."""
+    from ecgan_jax.sharding import make_mesh
+    from ecgan_jax.training.loop import build_trainer
+
+    config = tiny_config()
+    mesh = make_mesh(jax.devices("cpu")[:2])
+    step_fn, args = plan_lib.abstract_step(config, mesh, 1, dataset_size=8)
+    with config.unlocked():
+        config.batch_size = 2
+    trainer = build_trainer(config, mesh, 8)
+    state, batch, _ = args
+    ours = str(jax.make_jaxpr(step_fn)(*args))
+    theirs = str(jax.make_jaxpr(trainer.step_fn)(state, batch, trainer.vgg_params))
+    assert ours == theirs
