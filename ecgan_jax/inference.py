@@ -465,7 +465,7 @@ def evaluate_generator(
 
     seg_eval = None
     if segmenter is not None:
-        from ecgan_jax.eval.segmentation import SegmentationEvaluator
+        from ecgan_jax.eval.segmentation import SegmentationEvaluator, pad_batch
 
         seg_eval = SegmentationEvaluator(segmenter, ignore_label=ignore_label, mesh=mesh)
     fn = None
@@ -484,14 +484,8 @@ def evaluate_generator(
             if given is None:
                 real_feats.append(extract_features(inception_variables, real_u8, **kw))
         if seg_eval is not None:
-            unit, targets = uint8_to_unit(images), np.asarray(label_mapping(labels), np.int32)
-            pad = batch_size - len(stems)
-            if pad:  # one shape for the segmenter; padded rows carry label -1 (not counted)
-                unit = np.concatenate([unit, np.zeros((pad, *unit.shape[1:]), unit.dtype)])
-                targets = np.concatenate(
-                    [targets, np.full((pad, *targets.shape[1:]), -1, np.int32)]
-                )
-            seg_eval.update(unit, targets)
+            # One shape for the segmenter: padded rows carry label -1 (not counted).
+            seg_eval.update(*pad_batch(uint8_to_unit(images), label_mapping(labels), batch_size))
     if count == 0:
         raise ValueError(f"the eval split of {config.dataset.name!r} yielded no image")
     result = {"num_images": count, "resolution": [int(v) for v in config.dataset.image_size]}

@@ -132,3 +132,19 @@ def test_cityscapes_train_ids():
     np.testing.assert_array_equal(seg.cityscapes_label_to_train_id(ids), want)
     got = seg.cityscapes_label_to_train_id(jnp.asarray(ids), ignore_label=-1)
     np.testing.assert_array_equal(np.asarray(got), np.where(np.array(want) == 255, -1, want))
+
+
+def test_pad_batch_fills_images_with_zeros_and_labels_with_minus_one():
+    images = np.full((2, 3, 4, 3), 0.5, np.float32)
+    labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    got_images, got_labels = seg.pad_batch(images, labels, 5)
+    assert got_images.shape == (5, 3, 4, 3) and got_images.dtype == np.float32
+    assert got_labels.shape == (5, 3, 4) and got_labels.dtype == np.int32
+    np.testing.assert_array_equal(got_images[:2], images)
+    np.testing.assert_array_equal(got_images[2:], 0.0)
+    np.testing.assert_array_equal(got_labels[:2], labels)
+    np.testing.assert_array_equal(got_labels[2:], -1)
+    full_images, full_labels = seg.pad_batch(images, labels, 2)
+    assert full_images is images and full_labels.dtype == np.int32
+    with pytest.raises(ValueError, match="3 images exceed batch_size=2"):
+        seg.pad_batch(np.zeros((3, 3, 4, 3)), np.zeros((3, 3, 4)), 2)

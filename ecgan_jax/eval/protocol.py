@@ -495,7 +495,7 @@ def score_real_images(
     """
     from ecgan_jax import data as data_lib
     from ecgan_jax import inference
-    from ecgan_jax.eval.segmentation import SegmentationEvaluator
+    from ecgan_jax.eval.segmentation import SegmentationEvaluator, pad_batch
 
     mesh = inference.make_mesh(1) if mesh is None else mesh
     limit = None if max_images is None or max_images <= 0 else int(max_images)
@@ -512,11 +512,7 @@ def score_real_images(
             break
         images = inference.uint8_to_unit(inference.image_to_uint8(np.asarray(batch["image"])[keep]))
         labels = label_mapping(np.asarray(batch["label"])[keep])
-        pad = batch_size - keep.size
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.float32)])
-            labels = np.concatenate([labels, np.full((pad, *labels.shape[1:]), -1, np.int32)])
-        ev.update(images, labels)
+        ev.update(*pad_batch(images, labels, batch_size))
         count += keep.size
         if limit is not None and count >= limit:
             break

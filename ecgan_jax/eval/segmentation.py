@@ -20,7 +20,8 @@ by nearest neighbour, §D.5); ignore pixels are excluded from every score.
   - mean class accuracy = mean of TP_c / GT_c over classes present in the ground truth.
 * `ConfusionMatrixAccumulator`: sums confusion matrices of batches (int64 on the host), batch
   sharded on the `data` axis of a mesh, partial batches padded with label -1.
-* `Segmenter` + `SegmentationEvaluator`: the segmenter interface and the loop around it.
+* `Segmenter` + `SegmentationEvaluator`: the segmenter interface and the loop around it;
+  `pad_batch` pads a partial batch to a fixed size (images 0, labels -1) for it.
 * `CITYSCAPES_LABEL_TO_TRAIN_ID` / `cityscapes_label_to_train_id`: Cityscapes labelIds
   (0..33, -1 for the license plate) to the 19 train ids that a Cityscapes segmenter predicts
   (255 = ignore).
@@ -145,6 +146,24 @@ def _pad_rows(x: np.ndarray, multiple: int, value) -> np.ndarray:
     if not extra:
         return x
     return np.concatenate([x, np.full((extra, *x.shape[1:]), value, x.dtype)])
+
+
+def pad_batch(images, labels, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A partial batch padded to `batch_size` rows, so a jitted segmenter compiles once.
+
+    images (b, H, W, 3) get zero rows (their dtype kept), labels (b, H, W) rows of
+    `PAD_LABEL` (int32; never counted); b must be at most `batch_size`.
+    """
+    images, labels = np.asarray(images), np.asarray(labels, np.int32)
+    pad = batch_size - images.shape[0]
+    if pad < 0:
+        raise ValueError(f"pad_batch: {images.shape[0]} images exceed batch_size={batch_size}")
+    if not pad:
+        return images, labels
+    return (
+        np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]),
+        np.concatenate([labels, np.full((pad, *labels.shape[1:]), PAD_LABEL, np.int32)]),
+    )
 
 
 @functools.lru_cache(maxsize=16)
