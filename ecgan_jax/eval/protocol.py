@@ -490,32 +490,23 @@ def score_real_images(
 
     The images of `data.make_eval_iterator` back to uint8 and to [-1, 1] (what the generated
     images go through), the labels through `label_mapping`; every batch is padded to
-    `batch_size` rows (images 0, labels -1: not counted), so the segmenter compiles once.
-    Returns the `scores_from_confusion` dict plus "num_images".
+    `batch_size` rows (images 0, labels -1: not counted), so the segmenter compiles once:
+    `inference.evaluate_generator(real_images=True)`, so `batch_size` must be a multiple of
+    the mesh's device count. Returns the `scores_from_confusion` dict plus "num_images".
     """
-    from ecgan_jax import data as data_lib
     from ecgan_jax import inference
-    from ecgan_jax.eval.segmentation import SegmentationEvaluator, pad_batch
 
-    mesh = inference.make_mesh(1) if mesh is None else mesh
-    limit = None if max_images is None or max_images <= 0 else int(max_images)
-    ev = SegmentationEvaluator(segmenter, ignore_label=IGNORE_LABEL, mesh=mesh)
-    it = data_lib.make_eval_iterator(
-        config, batch_size=batch_size, process_index=0, process_count=1
+    # The generator's own evaluation loop with the real images in place of I″.
+    result = inference.evaluate_generator(
+        config,
+        None,
+        None,
+        max_images=max_images,
+        segmenter=segmenter,
+        label_mapping=label_mapping,
+        ignore_label=IGNORE_LABEL,
+        batch_size=batch_size,
+        mesh=mesh,
+        real_images=True,
     )
-    count = 0
-    for batch in it:
-        keep = np.flatnonzero(np.asarray(batch["valid"]))
-        if limit is not None:
-            keep = keep[: limit - count]
-        if keep.size == 0:
-            break
-        images = inference.uint8_to_unit(inference.image_to_uint8(np.asarray(batch["image"])[keep]))
-        labels = label_mapping(np.asarray(batch["label"])[keep])
-        ev.update(*pad_batch(images, labels, batch_size))
-        count += keep.size
-        if limit is not None and count >= limit:
-            break
-    if count == 0:
-        raise ValueError(f"the eval split of {config.dataset.name!r} yielded no image")
-    return {**ev.result(), "num_images": count}
+    return {**result["segmentation"], "num_images": result["num_images"]}
