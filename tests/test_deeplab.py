@@ -20,12 +20,11 @@ their shapes:
 (`*.num_batches_tracked` is ignored.)
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_resnet import add_bn, load_on_meta, nchw, synthetic_state_dict
 
 from ecgan_jax.eval import deeplab, segmentation
 
@@ -39,8 +38,7 @@ def expected_shapes(n_blocks=(3, 4, 23, 3), classes=182):
 
     def conv_bn(key, cout, cin, k):
         shapes[f"{key}.conv.weight"] = (cout, cin, k, k)
-        for leaf in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{key}.bn.{leaf}"] = (cout,)
+        add_bn(shapes, f"{key}.bn", cout)
 
     conv_bn("base.layer1.conv1", 64, 3, 7)
     cin = 64
@@ -61,25 +59,15 @@ def expected_shapes(n_blocks=(3, 4, 23, 3), classes=182):
 
 
 def synthetic(shapes, seed):
-    """Random tensors keeping activations O(1): He-normal convs (ASPP: 4x smaller, as its 4
-    convs are summed), BN statistics near (0, 1), a small scale on each `increase` BN."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for key, shape in shapes.items():
-        if len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            std = math.sqrt(2.0 / fan_in) / (4 if ".aspp." in key else 1)
-            sd[key] = rng.standard_normal(shape, np.float32) * np.float32(std)
-        elif key.endswith("running_var"):
-            sd[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        elif key.endswith("running_mean"):
-            sd[key] = rng.normal(0, 0.1, shape).astype(np.float32)
-        elif key.endswith("bn.weight"):
-            last = ".increase." in key or ".shortcut." in key
-            sd[key] = rng.uniform(*((0.1, 0.3) if last else (0.5, 1.0)), shape).astype(np.float32)
-        else:
-            sd[key] = rng.normal(0, 0.1, shape).astype(np.float32)
-    return sd
+    """Random tensors keeping activations O(1) (`torch_resnet.synthetic_state_dict`): the
+    ASPP's convs 4x smaller (its 4 convs are summed), a small scale on each `increase` and
+    `shortcut` BN."""
+    return synthetic_state_dict(
+        shapes,
+        seed,
+        small_scale=lambda key: ".increase." in key or ".shortcut." in key,
+        conv_divisor=lambda key: 4 if ".aspp." in key else 1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -238,16 +226,8 @@ def _torch_deeplab(torch, n_blocks=(3, 4, 23, 3), classes=182):
 
 
 def _torch_msc(torch, sd, n_blocks=(3, 4, 23, 3)):
-    with torch.device("meta"):
-        msc = _torch_deeplab(torch, n_blocks)
-    ref = {k: tuple(v.shape) for k, v in msc.state_dict().items()}
-    assert {k: v for k, v in ref.items() if not k.endswith("num_batches_tracked")} == {
-        k: v.shape for k, v in sd.items()
-    }
-    tensors = {k: torch.from_numpy(v) for k, v in sd.items()}
-    tensors.update({k: torch.tensor(0) for k in ref if k.endswith("num_batches_tracked")})
-    msc.load_state_dict(tensors, strict=True, assign=True)
-    return msc.eval()
+    (msc,) = load_on_meta(torch, lambda: _torch_deeplab(torch, n_blocks), sd)
+    return msc
 
 
 @pytest.mark.torch
@@ -258,7 +238,7 @@ def test_full_deeplab_matches_torch(released):
     msc = _torch_msc(torch, sd)
     x = np.random.default_rng(3).normal(0, 50, (1, 41, 53, 3)).astype(np.float32)
     with torch.no_grad():
-        want = msc.base(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+        want = msc.base(nchw(torch, x)).permute(0, 2, 3, 1).numpy()
     got = np.asarray(jax.jit(deeplab.DeepLabV2().apply)(variables, jnp.asarray(x)))
     assert got.shape == want.shape == (1, 6, 7, 182)
     assert 0.3 < np.abs(want).max() < 30  # O(1) logits: the tolerance below is meaningful
@@ -280,7 +260,7 @@ def test_msc_segmenter_matches_torch_test():
 
     bgr = ((images + 1) * 127.5)[..., ::-1] - np.array([104.008, 116.669, 122.675], np.float32)
     with torch.no_grad():
-        logits = msc(torch.from_numpy(np.ascontiguousarray(bgr)).permute(0, 3, 1, 2))
+        logits = msc(nchw(torch, bgr))
         want = F.interpolate(logits, size=(37, 50), mode="bilinear", align_corners=False)
     want = want.permute(0, 2, 3, 1).numpy()
     assert got.shape == (2, 37, 50, 182)

@@ -76,47 +76,29 @@ def test_protocol_block(tmp_path):
     stats = tmp_path / "stats.npz"
     stats.write_bytes(b"statistics")
     config = load("ade20k")
-    seg = protocol.segmentation_block(
-        config,
+    upernet_kw = dict(
         segmenter="upernet101",
         weights=str(weights),
         num_classes=150,
         label_mapping="ade20k_minus_one",
     )
+    drn_kw = dict(
+        segmenter="drn_d_105", weights=str(weights), num_classes=19, label_mapping="identity"
+    )
+    seg = protocol.segmentation_block(config, **upernet_kw)
     assert seg["weights_sha256"] == hashlib.sha256(b"segmenter weights").hexdigest()
     assert seg["conventional"] and "note" not in seg and seg["resolution"] == [64, 64]
     assert "300, 375, 450, 525, 600" in seg["input"] and "'other'" in seg["ignored"]
     assert "non-ignored" in seg["accuracy"] and "42.00 mIoU" in seg["real_reference"]
-    single = protocol.segmentation_block(
-        config,
-        segmenter="upernet101",
-        weights=str(weights),
-        num_classes=150,
-        label_mapping="ade20k_minus_one",
-        scales="single",
-    )
+    single = protocol.segmentation_block(config, **upernet_kw, scales="single")
     assert not single["conventional"] and "single-scale" in single["note"]
     assert single["input"].startswith("single scale")
     # Off-protocol network: said so.
-    off = protocol.segmentation_block(
-        config,
-        segmenter="drn_d_105",
-        weights=str(weights),
-        num_classes=19,
-        label_mapping="identity",
-        scales="single",
-    )
+    off = protocol.segmentation_block(config, **drn_kw, scales="single")
     assert off["scales"] == "protocol"  # DRN's protocol is single scale
     assert not off["conventional"] and "UperNet-101" in off["note"]
     with pytest.raises(ValueError, match=r"--segmenter_scales='multi'; allowed: protocol, single"):
-        protocol.segmentation_block(
-            config,
-            segmenter="drn_d_105",
-            weights=str(weights),
-            num_classes=19,
-            label_mapping="identity",
-            scales="multi",
-        )
+        protocol.segmentation_block(config, **drn_kw, scales="multi")
 
     from_file = protocol.fid_block(
         weights=str(weights), stats_file=str(stats), num_images=5, resolution=(64, 64), split="v"

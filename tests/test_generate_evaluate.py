@@ -313,29 +313,6 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
         return 123.0
 
     monkeypatch.setattr(fid, "frechet_distance", fake_distance)
-    report2 = evaluate.main(
-        [
-            f"--config={os.path.join(ROOT, CONFIG)}",
-            f"--workdir={workdir}",
-            f"--fid_weights={incep}",
-            f"--fid_stats={real}",
-            f"--out={tmp_path / 'eval2'}",
-            f"--max_images={n}",
-            "--batch_size=2",
-            "--num_devices=1",
-            "--raw",
-        ]
-    )
-    assert report2["metrics"]["fid"] == 123.0 and len(seen) == 1
-    np.testing.assert_array_equal(seen[0][2], real_stats[0])
-    np.testing.assert_array_equal(seen[0][3], real_stats[1])
-    p2 = report2["protocol"]
-    assert p2["fid"]["reference"]["kind"] == "statistics file"
-    assert p2["fid"]["reference"]["path"] == str(real)
-    assert p2["generator"]["parameters"] == "raw"
-    assert p2["segmentation"] is None and "miou" not in report2["metrics"]
-
-    # The same --out again: refused (metrics.json exists), replaced with --overwrite.
     again = [
         f"--config={os.path.join(ROOT, CONFIG)}",
         f"--workdir={workdir}",
@@ -346,6 +323,18 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
         "--batch_size=2",
         "--num_devices=1",
     ]
+    report2 = evaluate.main([*again, "--raw"])
+    assert report2["metrics"]["fid"] == 123.0 and len(seen) == 1
+    np.testing.assert_array_equal(seen[0][2], real_stats[0])
+    np.testing.assert_array_equal(seen[0][3], real_stats[1])
+    p2 = report2["protocol"]
+    assert p2["fid"]["reference"]["kind"] == "statistics file"
+    assert p2["fid"]["reference"]["path"] == str(real)
+    assert p2["generator"]["parameters"] == "raw"
+    assert p2["segmentation"] is None and "miou" not in report2["metrics"]
+
+    # The same --out again (without --raw): refused (metrics.json exists), replaced with
+    # --overwrite.
     with pytest.raises(ValueError, match=r"eval2/metrics\.json.*pass --overwrite"):
         evaluate.main(again)
     assert evaluate.main([*again, "--overwrite"])["protocol"]["generator"]["parameters"] == "ema"

@@ -21,12 +21,11 @@ Released files (`encoder_epoch_50.pth`, `decoder_epoch_50.pth`), keys with their
 (`*.num_batches_tracked`, present in files saved by PyTorch >= 0.4.1, is ignored.)
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_resnet import add_bn, load_on_meta, nchw, synthetic_state_dict
 
 from ecgan_jax.eval import segmentation, upernet
 
@@ -35,16 +34,11 @@ pytestmark = pytest.mark.xdist_group("upernet")
 SHALLOW = (1, 1, 1, 1)  # a 4-block encoder for the multi-scale test: same code, fast compile
 
 
-def _bn(shapes, key, c):
-    for leaf in ("weight", "bias", "running_mean", "running_var"):
-        shapes[f"{key}.{leaf}"] = (c,)
-
-
 def expected_encoder(layers=(3, 4, 23, 3)):
     shapes = {}
     for i, (cout, cin) in enumerate(((64, 3), (64, 64), (128, 64)), start=1):
         shapes[f"conv{i}.weight"] = (cout, cin, 3, 3)
-        _bn(shapes, f"bn{i}", cout)
+        add_bn(shapes, f"bn{i}", cout)
     inplanes = 128
     for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
         for b in range(blocks):
@@ -53,10 +47,10 @@ def expected_encoder(layers=(3, 4, 23, 3)):
             shapes[f"{key}.conv2.weight"] = (planes, planes, 3, 3)
             shapes[f"{key}.conv3.weight"] = (planes * 4, planes, 1, 1)
             for j, c in ((1, planes), (2, planes), (3, planes * 4)):
-                _bn(shapes, f"{key}.bn{j}", c)
+                add_bn(shapes, f"{key}.bn{j}", c)
             if b == 0:
                 shapes[f"{key}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
-                _bn(shapes, f"{key}.downsample.1", planes * 4)
+                add_bn(shapes, f"{key}.downsample.1", planes * 4)
         inplanes = planes * 4
     return shapes
 
@@ -65,40 +59,27 @@ def expected_decoder(classes=150):
     shapes = {}
     for j in range(4):
         shapes[f"ppm_conv.{j}.0.weight"] = (512, 2048, 1, 1)
-        _bn(shapes, f"ppm_conv.{j}.1", 512)
+        add_bn(shapes, f"ppm_conv.{j}.1", 512)
     shapes["ppm_last_conv.0.weight"] = (512, 2048 + 4 * 512, 3, 3)
-    _bn(shapes, "ppm_last_conv.1", 512)
+    add_bn(shapes, "ppm_last_conv.1", 512)
     for j, cin in enumerate((256, 512, 1024)):
         shapes[f"fpn_in.{j}.0.weight"] = (512, cin, 1, 1)
-        _bn(shapes, f"fpn_in.{j}.1", 512)
+        add_bn(shapes, f"fpn_in.{j}.1", 512)
         shapes[f"fpn_out.{j}.0.0.weight"] = (512, 512, 3, 3)
-        _bn(shapes, f"fpn_out.{j}.0.1", 512)
+        add_bn(shapes, f"fpn_out.{j}.0.1", 512)
     shapes["conv_last.0.0.weight"] = (512, 4 * 512, 3, 3)
-    _bn(shapes, "conv_last.0.1", 512)
+    add_bn(shapes, "conv_last.0.1", 512)
     shapes["conv_last.1.weight"] = (classes, 512, 1, 1)
     shapes["conv_last.1.bias"] = (classes,)
     return shapes
 
 
 def synthetic(shapes, seed):
-    """Random tensors that keep a deep net's activations O(1): He-normal convs, BN with
-    running statistics near (0, 1) and a small scale on each residual branch's last BN."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for key, shape in shapes.items():
-        if len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            sd[key] = rng.standard_normal(shape, np.float32) * np.float32(math.sqrt(2.0 / fan_in))
-        elif key.endswith("running_var"):
-            sd[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        elif key.endswith("running_mean"):
-            sd[key] = rng.normal(0, 0.1, shape).astype(np.float32)
-        elif key.endswith("weight"):
-            last = key.endswith(("bn3.weight", "downsample.1.weight"))
-            sd[key] = rng.uniform(*((0.1, 0.3) if last else (0.5, 1.0)), shape).astype(np.float32)
-        else:
-            sd[key] = rng.normal(0, 0.1, shape).astype(np.float32)
-    return sd
+    """Random tensors that keep a deep net's activations O(1)
+    (`torch_resnet.synthetic_state_dict`), a small scale on each residual branch's last BN."""
+    return synthetic_state_dict(
+        shapes, seed, small_scale=lambda key: key.endswith(("bn3.weight", "downsample.1.weight"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -283,22 +264,7 @@ def _torch_upernet(torch, layers=(3, 4, 23, 3), classes=150):
 
 def _torch_pair(torch, enc, dec, layers=(3, 4, 23, 3)):
     """The torch reference built on the meta device and given `enc`/`dec` without copies."""
-    with torch.device("meta"):
-        modules = _torch_upernet(torch, layers)
-    for module, sd in zip(modules, (enc, dec), strict=True):
-        ref = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        assert {k: v for k, v in ref.items() if not k.endswith("num_batches_tracked")} == {
-            k: v.shape for k, v in sd.items()
-        }
-        tensors = {k: torch.from_numpy(v) for k, v in sd.items()}
-        tensors.update({k: torch.tensor(0) for k in ref if k.endswith("num_batches_tracked")})
-        module.load_state_dict(tensors, strict=True, assign=True)
-        module.eval()
-    return modules
-
-
-def _nchw(torch, x):
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    return load_on_meta(torch, lambda: _torch_upernet(torch, layers), enc, dec)
 
 
 @pytest.mark.torch
@@ -309,7 +275,7 @@ def test_full_upernet_matches_torch(released):
     t_enc, t_dec = _torch_pair(torch, enc, dec)
     x = np.random.default_rng(3).standard_normal((1, 36, 52, 3)).astype(np.float32)
     with torch.no_grad():
-        want = t_dec(t_enc(_nchw(torch, x))).permute(0, 2, 3, 1).numpy()
+        want = t_dec(t_enc(nchw(torch, x))).permute(0, 2, 3, 1).numpy()
     got = np.asarray(jax.jit(upernet.UperNet().apply)(variables, jnp.asarray(x)))
     assert got.shape == want.shape == (1, 9, 13, 150)
     assert 0.3 < np.abs(want).max() < 30  # O(1) logits: the tolerance below is meaningful
@@ -334,7 +300,7 @@ def test_multiscale_segmenter_matches_torch_eval():
 
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    img = _nchw(torch, (images + 1) / 2)
+    img = nchw(torch, (images + 1) / 2)
     h, w = 24, 30
     scores = torch.zeros(2, 150, h, w)
     with torch.no_grad():
