@@ -12,10 +12,13 @@ statistics only (these networks are never trained here).
   layout of kazuto1011's `_ConvBnReLU` and pytorch-fid's `BasicConv2d` state-dict keys.
 * `Bottleneck`, `BottleneckLayer`: torchvision's ResNet Bottleneck (1x1 -> 3x3 carrying the
   stride and dilation -> 1x1 x4, BN after each, flat names `conv{1,2,3}`, `bn{1,2,3}`,
-  `downsample_{conv,bn}`), as fyu/drn and CSAILVision use it.
+  `downsample_{conv,bn}`), as fyu/drn and CSAILVision use it; `torch_name` gives the
+  PyTorch state-dict name of their submodules.
 """
 
 from __future__ import annotations
+
+import re
 
 import flax.linen as nn
 import jax
@@ -132,3 +135,12 @@ class BottleneckLayer(nn.Module):
                 x
             )
         return x
+
+
+def torch_name(module: str) -> str:
+    """PyTorch name of a `BottleneckLayer` / `Bottleneck` submodule: `block{b}` -> `{b}`
+    (an `nn.Sequential` index), `downsample_conv` / `downsample_bn` -> `downsample.0` /
+    `downsample.1`; any other name is the same in both."""
+    if g := re.fullmatch(r"block(\d+)", module):
+        return g[1]
+    return {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(module, module)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecgan_jax.eval import converter
-from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv
+from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv, torch_name
 from ecgan_jax.eval.backbone import Bottleneck as Bottleneck  # fyu/drn's block, re-exported
 from ecgan_jax.eval.segmentation import Segmenter
 from ecgan_jax.interop import state_dict as sd_lib
@@ -183,16 +183,12 @@ def torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
     for m in modules:
         if g := re.fullmatch(r"layer(\d)", m):
             parts.append(f"base.{g[1]}")
-        elif g := re.fullmatch(r"block(\d+)", m):
-            parts.append(g[1])
         elif g := re.fullmatch(r"seq_conv(\d+)", m):
             parts.append(str(3 * int(g[1])))
         elif g := re.fullmatch(r"seq_bn(\d+)", m):
             parts.append(str(3 * int(g[1]) + 1))
-        elif m in ("downsample_conv", "downsample_bn"):
-            parts.append("downsample.0" if m == "downsample_conv" else "downsample.1")
         else:
-            parts.append(m)
+            parts.append(torch_name(m))  # a Bottleneck's: block{b}, downsample, conv1, ...
     if modules == ["up"]:
         kind = sd_lib.DECONV
     return ".".join((*parts, name)), kind

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecgan_jax.eval import converter
-from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv
+from ecgan_jax.eval.backbone import HIGHEST, BottleneckLayer, batch_norm, conv, torch_name
 from ecgan_jax.eval.resampling import (
     adaptive_avg_pool,
     max_pool,
@@ -203,15 +203,7 @@ def torch_key(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
     name, kind = _LEAF_TO_TORCH[(collection, leaf)]
     if part == "decoder":
         return f"decoder.{_decoder_part(modules[0])}.{name}", kind
-    parts = []
-    for m in modules:
-        if g := re.fullmatch(r"block(\d+)", m):
-            parts.append(g[1])
-        elif m in ("downsample_conv", "downsample_bn"):
-            parts.append("downsample.0" if m == "downsample_conv" else "downsample.1")
-        else:
-            parts.append(m)
-    return ".".join(("encoder", *parts, name)), kind
+    return ".".join(("encoder", *map(torch_name, modules), name)), kind
 
 
 def state_dict_shapes(
