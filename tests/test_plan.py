@@ -3,7 +3,8 @@
 Needs libtpu (setup.cfg's `tpu` extra); skipped without it, a failure with
 ECGAN_REQUIRE_LIBTPU=1. One tiny config (synthetic smoke, ngf = ndf = 4, 32×64, contrastive
 and VGG on) on a 4-chip v4 slice; its two TPU compiles (batch 1 and 2 per chip) are shared by
-every test through the module fixture and the planner's own result cache.
+every test through the module fixture and the planner's own result cache. Those compiles take
+minutes on a 2-core host, so the tests that need them are marked slow; the rest only trace.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ecgan_jax.cli import plan as plan_lib
 pytestmark = [pytest.mark.tpu, pytest.mark.xdist_group("tpu_plan")]
 
 TOPOLOGY = "v4:2x2x1"
+# The tests that need the fixture's two TPU compiles of the tiny step (minutes on 2 cores).
+COMPILES = pytest.mark.slow
 SMOKE = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py")
 
 
@@ -99,6 +102,7 @@ def test_collective_bytes_reads_operand_shapes():
     assert got["reduce-scatter"] == got["all-to-all"] == 0
 
 
+@COMPILES
 def test_compiles_for_tpu_without_one(plans):
     p = plans[1]
     assert jax.default_backend() == "cpu"
@@ -119,12 +123,14 @@ def test_compiles_for_tpu_without_one(plans):
     assert "ESTIMATE" in text and "v4:2x2x1" in text
 
 
+@COMPILES
 def test_memory_grows_with_the_batch(plans):
     one, two = plans[1]["memory"], plans[2]["memory"]
     assert two["total"] > one["total"] and two["temp"] > one["temp"]
     assert plans[2]["flops"] > plans[1]["flops"]
 
 
+@COMPILES
 def test_second_plan_comes_from_the_cache(plans):
     log = []
     again = plan_lib.plan(tiny_config(), plan_lib.resolve_topology(TOPOLOGY), 1, log=log.append)
@@ -134,6 +140,7 @@ def test_second_plan_comes_from_the_cache(plans):
     assert len(files) == 2
 
 
+@COMPILES
 def test_fit_command_on_a_small_hbm(plans, tmp_path):
     # HBM between batch 1's and batch 2's totals: 1 fits, 2 does not (both cached).
     hbm = (plans[1]["memory"]["total"] + plans[2]["memory"]["total"]) / 2 / plan_lib.GIB
