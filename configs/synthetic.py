@@ -27,7 +27,7 @@ def get_config(arg=None):
     c.model.ndf = 16
     c.model.spade_hidden = 32
     c.batch_size = 4
-    # About 5 minutes on an idle 2-core CPU (0.75 s per step after a ~1 minute start).
+    # A few minutes on a 2-core CPU (the figure, its machine and date: BENCHMARKS.md).
     c.num_train_steps = 300
     c.ema_decay = 0.99
     c.perceptual.enabled = False
@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.log_every = 25
     c.image_every = 100
     c.checkpoint_every = 100
+    c.keep_checkpoints = 1  # the demo workdir stays small (one step of about 65 MB)
     if arg == "smoke":
         c.perceptual.enabled = True
         c.perceptual.random_weights = True  # tests exercise the VGG path

@@ -432,7 +432,9 @@ def evaluate_generator(
 ) -> dict:
     """Generates the eval split (`config.dataset.eval_split`) and scores I″ in one pass.
 
-    Returns {"num_images", "resolution", and with `inception_variables`: "fid",
+    Returns {"num_images", "resolution", "class_colour_error" (the demo's per-class colour
+    error of I″ against the real images, `eval.quality`, averaged over batches by their image
+    count), and with `inception_variables`: "fid",
     "fake_stats" (mu, sigma), "real_stats" (mu, sigma; of the real images unless given),
     "real_stats_source" ("computed" / "given"); with `segmenter`: "segmentation" (the
     `scores_from_confusion` dict)}. I″ is quantised to uint8 first (as saved PNGs); the FID
@@ -472,11 +474,17 @@ def evaluate_generator(
     if not real_images:
         fn = generate_fn or make_generate_fn(generator, config, mesh)
         variables = jax.device_put(variables, replicated(mesh))
-    fake_feats, real_feats, count = [], [], 0
+    fake_feats, real_feats, count, colour = [], [], 0, 0.0
+    from ecgan_jax.eval.quality import class_colour_error
+
     kw = dict(batch_size=batch_size, mesh=mesh)
+    num_colour_classes = config_lib.semantic_nc(config)
     split = _eval_split(config, fn, variables, batch_size=batch_size, limit=limit, real=real_images)
     for stems, images, real_u8, labels in split:
         count += len(stems)
+        colour += len(stems) * class_colour_error(
+            uint8_to_unit(images), uint8_to_unit(real_u8), labels, num_classes=num_colour_classes
+        )
         if image_callback is not None:
             image_callback(stems, images)
         if inception_variables is not None:
@@ -488,7 +496,11 @@ def evaluate_generator(
             seg_eval.update(*pad_batch(uint8_to_unit(images), label_mapping(labels), batch_size))
     if count == 0:
         raise ValueError(f"the eval split of {config.dataset.name!r} yielded no image")
-    result = {"num_images": count, "resolution": [int(v) for v in config.dataset.image_size]}
+    result = {
+        "num_images": count,
+        "resolution": [int(v) for v in config.dataset.image_size],
+        "class_colour_error": colour / count,
+    }
     if inception_variables is not None:
         if count < 2:
             raise ValueError(f"FID needs at least 2 images, got {count} (max_images)")

@@ -41,6 +41,9 @@ def world(tmp_path_factory):
     labels.mkdir()
     Image.fromarray(np.zeros((32, 64), np.uint8)).save(labels / "x.png")
     Image.fromarray(np.zeros((32, 64), np.uint16)).save(base / "x_instance.png")
+    from serve_checkpoint import make_converted_checkpoint
+
+    make_converted_checkpoint(str(base / "converted"))  # a generator (random, numpy-drawn)
     work = base / "work"
     work.mkdir()
     (work / "run.json").write_text("{ truncated")
@@ -95,12 +98,12 @@ def _cases(w):
         ("main-vgg-missing", [*main, "--config.perceptual.enabled=True",
                               "--config.perceptual.random_weights=False"], 2,
          ["perceptual.weights_path"]),
-        ("gen-out-is-labels", [*gen, f"--workdir={w / 'work'}", f"--labels={w / 'labels'}",
+        ("gen-out-is-labels", [*gen, f"--workdir={w / 'converted'}", f"--labels={w / 'labels'}",
                                f"--out={w / 'labels'}", "--config.dataset.no_instance=True"], 2,
          [str(w / "labels")]),
-        ("gen-no-instances", [*gen, f"--workdir={w / 'work'}", f"--labels={w / 'labels'}",
+        ("gen-no-instances", [*gen, f"--workdir={w / 'converted'}", f"--labels={w / 'labels'}",
                               f"--out={w / 'gen_out'}"], 2, ["--instances"]),
-        ("gen-no-labels", [*gen, f"--workdir={w / 'work'}", f"--labels={w / 'nolabels'}",
+        ("gen-no-labels", [*gen, f"--workdir={w / 'converted'}", f"--labels={w / 'nolabels'}",
                            f"--out={w / 'gen_out'}"], 2, ["nolabels"]),
         ("gen-typo", [*gen, "--config.dataset.nope=1", f"--labels={w / 'labels'}"], 2,
          ["dataset.nope"]),

@@ -16,11 +16,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecgan_jax.config_lib import UPSAMPLING_LAYERS  # the one table: ×2 steps per choice
 from ecgan_jax.models.layers import conv, nearest_resize, upsample2x
 from ecgan_jax.models.spade import SPADEResnetBlock, lrelu
 
 Dtype = Any
-UPSAMPLING_LAYERS = {"normal": 5, "more": 6, "most": 7}
 BRANCH_WIDTHS = (32, 16, 8, 3)
 
 

@@ -431,16 +431,25 @@ def _writer(workdir: str, is_main: bool):
     return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
-    """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
+class _Run(NamedTuple):
+    """What `train_and_evaluate` has set up before its first step."""
 
-    Resumes from the newest readable checkpoint in `workdir` when there is one (the config
-    must match the run's `run.json`; the lr schedule stays the run's unless
-    `extend_schedule`). `max_steps` stops (with a checkpoint, as on preemption) after that
-    many steps of this call; `step_callback(step)` runs on the host after each step. Both are
-    for tests and notebooks. Returns the final `TrainState`; raises `Preempted` after saving
-    when stopped by SIGTERM.
-    """
+    mesh: Any
+    trainer: Trainer
+    ckpt: Checkpointer
+    train_iter: Any
+    num_steps: int
+    state: Any
+    start: int
+    writer: Any
+    cache_dir: str | None
+    is_main: bool
+
+
+def prepare_run(config, workdir: str) -> _Run:
+    """Every check and the state, before anything compiles: the config, the FID files, the
+    run record of a resumed run, every dataset file (scan, cached in `workdir`), the schedule,
+    the trainer and the restored (or fresh) state."""
     from ecgan_jax import data as data_lib
     from ecgan_jax.data.scan import scan_dataset
 
@@ -457,10 +466,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     if record is not None and latest is not None:
         run_record.check_resumable(record, config, workdir)
     is_main = jax.process_index() == 0
-
     num_devices = int(config.get("num_devices", -1))
     mesh = make_mesh(jax.devices()[:num_devices] if num_devices > 0 else None)
-    # Every file of the splits read below is checked before anything compiles (cached).
     for split in {str(config.dataset.train_split), str(config.dataset.eval_split)}:
         scan_dataset(config, split, cache_dir=workdir)
     train_iter = data_lib.make_train_iterator(config)
@@ -479,12 +486,33 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, st
     logging.info("parameter overview:\n%s", parameter_overview(state))
     if is_main and (examples := export_examples(config, workdir)):
         logging.info("example label maps for generate/serve: %s", examples)
-    samples = SampleWriter(config, trainer, writer, workdir, is_main)
+    return _Run(
+        mesh, trainer, ckpt, train_iter, num_steps, state, start, writer, cache_dir, is_main
+    )
+
+
+def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None, step_callback=None):
+    """Trains per `config`, writing checkpoints, logs and image grids into `workdir`.
+
+    Resumes from the newest readable checkpoint in `workdir` when there is one (the config
+    must match the run's `run.json`; the lr schedule stays the run's unless
+    `extend_schedule`). `max_steps` stops (with a checkpoint, as on preemption) after that
+    many steps of this call; `step_callback(step)` runs on the host after each step. Both are
+    for tests and notebooks. Returns the final `TrainState`; raises `Preempted` after saving
+    when stopped by SIGTERM.
+    """
+    run = prepare_run(config, workdir)
+    mesh, trainer, ckpt, train_iter, writer = (
+        run.mesh, run.trainer, run.ckpt, run.train_iter, run.writer
+    )  # fmt: skip
+    state, start, num_steps = run.state, run.start, run.num_steps
+    samples = SampleWriter(config, trainer, writer, workdir, run.is_main)
     fid = None
     if fid_enabled(config):
-        fid = FidTracker(config, workdir, trainer.models.generator, mesh, is_main=is_main)
+        fid = FidTracker(config, workdir, trainer.models.generator, mesh, is_main=run.is_main)
     progress = ProgressLine(num_steps, int(config.batch_size), start)
     log = MetricLogger(writer, int(config.log_every), progress)
+    cache_dir = run.cache_dir
     timer = CompileTimer(cache_dir if cache_dir and "://" not in cache_dir else None)
     compile_key = timer.key(config.to_json_best_effort(sort_keys=True), mesh.devices.shape)
 
