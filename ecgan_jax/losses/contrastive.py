@@ -282,6 +282,48 @@ def multiscale_contrastive_loss(
     Returns:
       `(loss, aux)`: float32 scalar and a `ContrastiveAux` (pass it to `update_memory_bank`).
     """
+    _check_multiscale_inputs(
+        embeddings=embeddings, labels=labels, bank=bank, num_classes=num_classes
+    )
+    labels = jnp.asarray(labels, jnp.int32)
+    layers = [
+        _sample_layer(
+            embedding=emb,
+            labels=labels,
+            key=jax.random.fold_in(key, l),
+            num_classes=num_classes,
+            num_anchors=num_anchors,
+            anchor_selection=anchor_selection,
+            mesh=mesh,
+            axis_name=axis_name,
+        )
+        for l, emb in enumerate(embeddings)
+    ]
+    terms = {}
+    for l in range(len(layers)):
+        pixels, offset = _pixel_contrast_set(
+            layers=layers, layer=l, cross_scale=cross_scale, num_anchors=num_anchors
+        )
+        regions = _region_contrast_set(layers=layers, layer=l, cross_scale=cross_scale)
+        terms[f"pixel_{l}"], terms[f"class_{l}"] = _layer_terms(
+            layer=layers[l],
+            pixels=pixels,
+            anchor_offset=offset,
+            regions=regions,
+            bank=bank,
+            temperature=temperature,
+        )
+    terms["pixel"] = sum(terms[f"pixel_{l}"] for l in range(len(layers))) / len(layers)
+    terms["class"] = sum(terms[f"class_{l}"] for l in range(len(layers))) / len(layers)
+    loss = lambda_pixel * terms["pixel"] + lambda_class * terms["class"]
+    return jnp.asarray(loss, jnp.float32), _assemble_aux(layers=layers, terms=terms)
+
+
+def _check_multiscale_inputs(
+    *, embeddings: Sequence[jax.Array], labels: jax.Array, bank: MemoryBank | None, num_classes: int
+) -> None:
+    """One-line errors for the shapes `multiscale_contrastive_loss` needs: a non-empty list of
+    `(B, h_l, w_l, D)` embeddings with one B and one D, `(B, H, W)` labels, a bank of K classes."""
     if len(embeddings) == 0:
         raise ValueError("multiscale_contrastive_loss: embeddings is an empty list")
     if labels.ndim != 3:
@@ -305,98 +347,149 @@ def multiscale_contrastive_loss(
             f"multiscale_contrastive_loss: bank has {bank.pixel.shape[0]} classes, "
             f"num_classes={num_classes}"
         )
-    num_layers = len(embeddings)
-    labels = jnp.asarray(labels, jnp.int32)
-    d = embeddings[0].shape[-1]
 
-    anchors, anchor_labels, anchor_valid, indices = [], [], [], []
-    regions, region_valid = [], []
-    for l, emb in enumerate(embeddings):
-        emb = jnp.asarray(emb, jnp.float32)
-        lab = resize_labels_nearest(labels, size=emb.shape[1:3])
-        sample = sample_anchors(
-            labels=lab,
-            key=jax.random.fold_in(key, l),
-            num_anchors=num_anchors,
-            num_classes=num_classes,
-            selection=anchor_selection,
-            mesh=mesh,
-            axis_name=axis_name,
-        )
-        anchors.append(emb.reshape(-1, d)[sample.index])
-        anchor_labels.append(sample.labels)
-        anchor_valid.append(sample.valid)
-        indices.append(sample.index)
-        reg, present = region_embeddings(embeddings=emb, labels=lab, num_classes=num_classes)
-        regions.append(reg)  # (B, K, D)
-        region_valid.append(present)
 
-    class_ids = jnp.arange(num_classes, dtype=jnp.int32)
-    region_labels_layer = [
-        jnp.where(v, class_ids[None, :], -1).reshape(-1) for v in region_valid
-    ]  # each (B·K,)
-    terms = {}
-    pixel_terms, class_terms = [], []
-    for l in range(num_layers):
-        if cross_scale:
-            pix = jnp.concatenate(anchors, axis=0)
-            pix_lab = jnp.concatenate(anchor_labels, axis=0)
-            pix_val = jnp.concatenate(anchor_valid, axis=0)
-            offset = l * num_anchors
-            reg = jnp.concatenate([r.reshape(-1, d) for r in regions], axis=0)
-            reg_lab = jnp.concatenate(region_labels_layer, axis=0)
-            reg_val = jnp.concatenate([v.reshape(-1) for v in region_valid], axis=0)
-        else:
-            pix, pix_lab, pix_val, offset = anchors[l], anchor_labels[l], anchor_valid[l], 0
-            reg = regions[l].reshape(-1, d)
-            reg_lab = region_labels_layer[l]
-            reg_val = region_valid[l].reshape(-1)
-        lp = pixel_contrastive_loss(
-            anchors=anchors[l],
-            anchor_labels=anchor_labels[l],
-            anchor_valid=anchor_valid[l],
-            pixels=pix,
-            pixel_labels=pix_lab,
-            pixel_valid=pix_val,
-            anchor_offset=offset,
-            bank=bank,
-            temperature=temperature,
-        )
-        lc = class_contrastive_loss(
-            anchors=anchors[l],
-            anchor_labels=anchor_labels[l],
-            anchor_valid=anchor_valid[l],
-            regions=reg,
-            region_labels=reg_lab,
-            region_valid=reg_val,
-            bank=bank,
-            temperature=temperature,
-        )
-        terms[f"pixel_{l}"], terms[f"class_{l}"] = lp, lc
-        pixel_terms.append(lp)
-        class_terms.append(lc)
-    terms["pixel"] = sum(pixel_terms) / num_layers
-    terms["class"] = sum(class_terms) / num_layers
-    loss = lambda_pixel * terms["pixel"] + lambda_class * terms["class"]
+class _LayerSample(NamedTuple):
+    """What one layer contributes to the contrast (docs/DESIGN.md §D.3.4, §D.3.5).
 
-    sg = jax.lax.stop_gradient
-    # Anchor-major interleave of the layers (row i·L + l), image-major regions.
-    pixels_all = jnp.stack(anchors, axis=1).reshape(-1, d)
-    pixel_labels_all = jnp.stack(anchor_labels, axis=1).reshape(-1)
-    pixel_valid_all = jnp.stack(anchor_valid, axis=1).reshape(-1)
-    regions_all = jnp.stack(regions, axis=1).reshape(-1, d)  # (B, L, K, D) -> rows
-    region_valid_all = jnp.stack(region_valid, axis=1).reshape(-1)
-    region_labels_all = jnp.where(
-        region_valid_all, jnp.tile(class_ids, batch * num_layers), -1
-    ).astype(jnp.int32)
-    aux = ContrastiveAux(
-        terms=terms,
-        pixel_index=jnp.stack(indices, axis=0),
-        pixels=sg(pixels_all),
-        pixel_labels=pixel_labels_all,
-        pixel_valid=pixel_valid_all,
-        regions=sg(regions_all),
-        region_labels=region_labels_all,
-        region_valid=region_valid_all,
+    anchors: `(A, D)` float32 embeddings of the sampled anchors; anchor_labels `(A,)` int32
+      (−1 where invalid); anchor_valid `(A,)` bool; index `(A,)` int32 flat index into `B·h·w`.
+    regions: `(B, K, D)` float32 region embeddings; region_valid `(B, K)` bool (class present);
+      region_labels `(B·K,)` int32, class c of row `b·K + c`, −1 where absent.
+    """
+
+    anchors: jax.Array
+    anchor_labels: jax.Array
+    anchor_valid: jax.Array
+    index: jax.Array
+    regions: jax.Array
+    region_valid: jax.Array
+    region_labels: jax.Array
+
+
+def _sample_layer(
+    *,
+    embedding: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    num_classes: int,
+    num_anchors: int,
+    anchor_selection: str,
+    mesh,
+    axis_name: str,
+) -> _LayerSample:
+    """Anchors and regions of one layer: `embedding` `(B, h, w, D)`, the full-resolution int32
+    `labels` `(B, H, W)` (resized here by the PyTorch nearest rule), this layer's `key`."""
+    emb = jnp.asarray(embedding, jnp.float32)
+    lab = resize_labels_nearest(labels, size=emb.shape[1:3])
+    sample = sample_anchors(
+        labels=lab,
+        key=key,
+        num_anchors=num_anchors,
+        num_classes=num_classes,
+        selection=anchor_selection,
+        mesh=mesh,
+        axis_name=axis_name,
     )
-    return jnp.asarray(loss, jnp.float32), aux
+    reg, present = region_embeddings(embeddings=emb, labels=lab, num_classes=num_classes)
+    class_ids = jnp.arange(num_classes, dtype=jnp.int32)
+    return _LayerSample(
+        anchors=emb.reshape(-1, emb.shape[-1])[sample.index],
+        anchor_labels=sample.labels,
+        anchor_valid=sample.valid,
+        index=sample.index,
+        regions=reg,
+        region_valid=present,
+        region_labels=jnp.where(present, class_ids[None, :], -1).reshape(-1),
+    )
+
+
+def _pixel_contrast_set(
+    *, layers: Sequence[_LayerSample], layer: int, cross_scale: bool, num_anchors: int
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], int]:
+    """The sampled pixels that layer `layer`'s anchors contrast with (docs/DESIGN.md §D.3.9):
+    `((M, D) embeddings, (M,) labels, (M,) valid)` of every layer with `cross_scale`
+    (M = L·A, layer-major), of this layer only otherwise (M = A); and the static row of this
+    layer's first anchor in them."""
+    if not cross_scale:
+        own = layers[layer]
+        return (own.anchors, own.anchor_labels, own.anchor_valid), 0
+    pixels = tuple(
+        jnp.concatenate([getattr(x, f) for x in layers], axis=0)
+        for f in ("anchors", "anchor_labels", "anchor_valid")
+    )
+    return pixels, layer * num_anchors
+
+
+def _region_contrast_set(
+    *, layers: Sequence[_LayerSample], layer: int, cross_scale: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The regions that layer `layer`'s anchors contrast with (docs/DESIGN.md §D.3.9):
+    `((R, D) embeddings, (R,) labels, (R,) valid)`, of every layer with `cross_scale`
+    (R = L·B·K, layer-major, then image-major), of this layer only otherwise (R = B·K)."""
+    chosen = layers if cross_scale else [layers[layer]]
+    d = chosen[0].regions.shape[-1]
+    return (
+        jnp.concatenate([x.regions.reshape(-1, d) for x in chosen], axis=0),
+        jnp.concatenate([x.region_labels for x in chosen], axis=0),
+        jnp.concatenate([x.region_valid.reshape(-1) for x in chosen], axis=0),
+    )
+
+
+def _layer_terms(
+    *,
+    layer: _LayerSample,
+    pixels: tuple[jax.Array, jax.Array, jax.Array],
+    anchor_offset: int,
+    regions: tuple[jax.Array, jax.Array, jax.Array],
+    bank: MemoryBank | None,
+    temperature: float,
+) -> tuple[jax.Array, jax.Array]:
+    """`(L_pix, L_cls)` of one layer's anchors, float32 scalars, against the contrast sets
+    `pixels` and `regions` (each `(embeddings, labels, valid)`) and the bank."""
+    anchors = {
+        "anchors": layer.anchors,
+        "anchor_labels": layer.anchor_labels,
+        "anchor_valid": layer.anchor_valid,
+    }
+    pixel_loss = pixel_contrastive_loss(
+        **anchors,
+        pixels=pixels[0],
+        pixel_labels=pixels[1],
+        pixel_valid=pixels[2],
+        anchor_offset=anchor_offset,
+        bank=bank,
+        temperature=temperature,
+    )
+    class_loss = class_contrastive_loss(
+        **anchors,
+        regions=regions[0],
+        region_labels=regions[1],
+        region_valid=regions[2],
+        bank=bank,
+        temperature=temperature,
+    )
+    return pixel_loss, class_loss
+
+
+def _assemble_aux(*, layers: Sequence[_LayerSample], terms: dict) -> ContrastiveAux:
+    """The `ContrastiveAux` of the layers: pixels interleaved anchor-major (row `i·L + l`),
+    regions image-major (row `(b·L + l)·K + c`), embeddings under stop-gradient."""
+    sg = jax.lax.stop_gradient
+    d = layers[0].anchors.shape[-1]
+    batch, num_classes = layers[0].region_valid.shape
+    class_ids = jnp.arange(num_classes, dtype=jnp.int32)
+    region_valid = jnp.stack([x.region_valid for x in layers], axis=1).reshape(-1)
+    return ContrastiveAux(
+        terms=terms,
+        pixel_index=jnp.stack([x.index for x in layers], axis=0),
+        pixels=sg(jnp.stack([x.anchors for x in layers], axis=1).reshape(-1, d)),
+        pixel_labels=jnp.stack([x.anchor_labels for x in layers], axis=1).reshape(-1),
+        pixel_valid=jnp.stack([x.anchor_valid for x in layers], axis=1).reshape(-1),
+        # (B, L, K, D) -> rows
+        regions=sg(jnp.stack([x.regions for x in layers], axis=1).reshape(-1, d)),
+        region_labels=jnp.where(region_valid, jnp.tile(class_ids, batch * len(layers)), -1).astype(
+            jnp.int32
+        ),
+        region_valid=region_valid,
+    )
