@@ -190,87 +190,131 @@ def decode_record(record: dict, spec: DataSpec, *, train: bool) -> DecodedRecord
     exactly; a precomputed edge map has the image's aspect ratio or that of the pre-crop size
     `edge_size(spec, train)` (edge trees are made at that size; any resize of either is read).
     """
-    origin = record.get("origin", {})
-    stem = str(record["stem"])
     problems: list[Problem] = []
-
-    def where(kind):
-        return origin.get(kind, f"{kind} of {stem!r}")
-
-    def open_or_note(kind):
-        try:
-            return _decode(record[kind])
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-            problems.append(
-                Problem(
-                    where(kind),
-                    f"cannot read image ({type(e).__name__}: {e})",
-                    "a complete image file that PIL decodes",
-                )  # fmt: skip
-            )
-            return None
-
-    def int_or_note(kind):
-        img = open_or_note(kind)
-        if img is None:
-            return None
-        problem = mode_problem(img, kind, where(kind))
-        if problem is not None:
-            problems.append(problem)
-            return None
-        return np.asarray(img).astype(np.int32)
-
-    image = open_or_note("image")
+    image = _open_or_note(record, "image", problems)
     if image is not None and image.mode != "RGB":
         image = image.convert("RGB")
-    label = int_or_note("label")
+    label = _decode_label(record, spec, problems)
+    instance = _decode_instance(record, problems)
+    edge = _decode_edge(record, spec, problems)
+    if image is not None:
+        problems += _shape_problems(
+            record, spec, train=train, image=image, label=label, instance=instance, edge=edge
+        )
+    return DecodedRecord(image, label, instance, edge, problems)
+
+
+def _where(record: dict, kind: str) -> str:
+    """The name of a record's `kind` file in messages: its path, else `<kind> of '<stem>'`."""
+    return record.get("origin", {}).get(kind, f"{kind} of {str(record['stem'])!r}")
+
+
+def _open_or_note(record: dict, kind: str, problems: list[Problem]) -> Image.Image | None:
+    """The decoded PIL image of `record[kind]`, or None with the reason appended to
+    `problems`."""
+    try:
+        return _decode(record[kind])
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+        problems.append(
+            Problem(
+                _where(record, kind),
+                f"cannot read image ({type(e).__name__}: {e})",
+                "a complete image file that PIL decodes",
+            )  # fmt: skip
+        )
+        return None
+
+
+def _int_or_note(record: dict, kind: str, problems: list[Problem]) -> np.ndarray | None:
+    """`record[kind]` as an int32 (h, w) map, or None when it does not decode or is not a
+    single-channel integer image (the reason appended to `problems`)."""
+    img = _open_or_note(record, kind, problems)
+    if img is None:
+        return None
+    problem = mode_problem(img, kind, _where(record, kind))
+    if problem is not None:
+        problems.append(problem)
+        return None
+    return np.asarray(img).astype(np.int32)
+
+
+def _decode_label(record: dict, spec: DataSpec, problems: list[Problem]) -> np.ndarray | None:
+    """The int32 (h, w) label map after the unknown mapping (None if it does not decode); a
+    label outside the allowed range is noted in `problems` but the map is kept."""
+    label = _int_or_note(record, "label", problems)
     if label is not None:
         label = map_labels(label, spec)
-        problem = label_problem(label, spec, where("label"))
+        problem = label_problem(label, spec, _where(record, "label"))
         if problem is not None:
             problems.append(problem)
+    return label
+
+
+def _decode_instance(record: dict, problems: list[Problem]) -> np.ndarray | None:
+    """The raw int32 (h, w) instance ids, or None when the record has none (missing or empty
+    bytes) or they do not decode."""
     inst = record.get("instance")
-    instance = None
-    if inst is not None and not (isinstance(inst, (bytes, np.bytes_)) and not len(inst)):
-        instance = int_or_note("instance")
-    edge = None
-    if spec.edges == "precomputed":
-        if record.get("edge") is None:
+    if inst is None or (isinstance(inst, (bytes, np.bytes_)) and not len(inst)):
+        return None
+    return _int_or_note(record, "instance", problems)
+
+
+def _decode_edge(record: dict, spec: DataSpec, problems: list[Problem]) -> Image.Image | None:
+    """The precomputed 'L' edge map with dataset.edges='precomputed' (a missing or unreadable
+    one noted in `problems`), else None (edges made on the fly)."""
+    if spec.edges != "precomputed":
+        return None
+    if record.get("edge") is None:
+        problems.append(
+            Problem(
+                _where(record, "edge"),
+                "no edge map",
+                "one edge map per example with dataset.edges='precomputed'",
+            )  # fmt: skip
+        )
+        return None
+    edge = _open_or_note(record, "edge", problems)
+    return None if edge is None else edge.convert("L")
+
+
+def _shape_problems(
+    record: dict,
+    spec: DataSpec,
+    *,
+    train: bool,
+    image: Image.Image,
+    label: np.ndarray | None,
+    instance: np.ndarray | None,
+    edge: Image.Image | None,
+) -> list[Problem]:
+    """Label and instance maps must have the image's (H, W) exactly; an edge map the image's
+    aspect ratio or that of the pre-crop size `edge_size(spec, train)`."""
+    problems = []
+    hw = _hw(image)
+    where_image = _where(record, "image")
+    for kind, value in (("label", label), ("instance", instance)):
+        if value is not None and value.shape != hw:
             problems.append(
                 Problem(
-                    where("edge"),
-                    "no edge map",
-                    "one edge map per example with dataset.edges='precomputed'",
+                    _where(record, kind),
+                    f"{kind} map of (H, W) = {value.shape}",
+                    f"the (H, W) of its image {where_image}: {hw}",
                 )  # fmt: skip
             )
-        else:
-            edge = open_or_note("edge")
-            edge = None if edge is None else edge.convert("L")
-    if image is not None:
-        hw = _hw(image)
-        for kind, value in (("label", label), ("instance", instance)):
-            if value is not None and value.shape != hw:
-                problems.append(
-                    Problem(
-                        where(kind),
-                        f"{kind} map of (H, W) = {value.shape}",
-                        f"the (H, W) of its image {where('image')}: {hw}",
-                    )  # fmt: skip
-                )
-        pre_crop = tuple(edge_size(spec, train=train))
-        if edge is not None and not (_same_aspect(_hw(edge), hw)
-                                     or _same_aspect(_hw(edge), pre_crop)):  # fmt: skip
-            problems.append(
-                Problem(
-                    where("edge"),
-                    f"edge map of (H, W) = {_hw(edge)}",
-                    f"the shape of its image {where('image')} {hw} or of the pipeline's "
-                    f"pre-crop size {pre_crop}, or a resize of either; remake the edge tree "
-                    "with python -m ecgan_jax.data.edges --config=<this config> "
-                    "--overwrite",
-                )  # fmt: skip
-            )
-    return DecodedRecord(image, label, instance, edge, problems)
+    pre_crop = tuple(edge_size(spec, train=train))
+    if edge is not None and not (_same_aspect(_hw(edge), hw)
+                                 or _same_aspect(_hw(edge), pre_crop)):  # fmt: skip
+        problems.append(
+            Problem(
+                _where(record, "edge"),
+                f"edge map of (H, W) = {_hw(edge)}",
+                f"the shape of its image {where_image} {hw} or of the pipeline's "
+                f"pre-crop size {pre_crop}, or a resize of either; remake the edge tree "
+                "with python -m ecgan_jax.data.edges --config=<this config> "
+                "--overwrite",
+            )  # fmt: skip
+        )
+    return problems
 
 
 def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
