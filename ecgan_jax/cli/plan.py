@@ -281,21 +281,24 @@ def cache_dir() -> str:
 
 
 def _cache_key(config, topology: Topology, batch_per_chip: int) -> str:
+
+    return hashlib.sha256(
+        json.dumps(_key_fields(config, topology, batch_per_chip), sort_keys=True).encode()
+    ).hexdigest()[:24]
+
+
+def _key_fields(config, topology: Topology, batch_per_chip: int) -> dict:
+    """What a cached plan depends on (the config as a hash of its JSON)."""
     import jax
 
-    text = json.dumps(
-        {
-            "config": config.to_json_best_effort(sort_keys=True),
-            "topology": topology.libtpu_name,
-            "batch_per_chip": int(batch_per_chip),
-            "jax": jax.__version__,
-            "jax_disable_most_optimizations": bool(
-                jax.config.read("jax_disable_most_optimizations")
-            ),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    text = config.to_json_best_effort(sort_keys=True)
+    return {
+        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "topology": topology.libtpu_name,
+        "batch_per_chip": int(batch_per_chip),
+        "jax": jax.__version__,
+        "jax_disable_most_optimizations": bool(jax.config.read("jax_disable_most_optimizations")),
+    }
 
 
 def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> dict:
@@ -372,6 +375,7 @@ def plan(
             step = None
     if step is None:
         step = plan_step(config, topology, batch_per_chip, log=log)
+        step["key"] = _key_fields(config, topology, batch_per_chip)
         if use_cache:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
