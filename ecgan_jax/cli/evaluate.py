@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from absl import flags
 
@@ -217,7 +218,36 @@ def evaluate(fv: flags.FlagValues) -> dict:
     with_generator = fv.workdir is not None or fv.checkpoint is not None
     if not with_generator and not fv.real:
         cli_flags.require_checkpoint(fv)
-    seg_name, seg_classes, mapping_name = _segmenter_choice(fv, config)
+    choice = _segmenter_choice(fv, config)
+    _check_flag_combinations(fv, with_generator=with_generator, seg_name=choice[0])
+    out = _default_out(fv)
+    checkpoint_dir = cli_flags.checkpoint_folder(fv) if with_generator else None
+    paths = _check_outputs(
+        fv, config, out, with_generator=with_generator, checkpoint_dir=checkpoint_dir
+    )
+    inputs = _load_inputs(fv, config, with_generator=with_generator, segmenter_choice=choice)
+    block = _protocol(fv, config, inputs, segmenter_choice=choice)
+    print(protocol_lib.format_block(block), flush=True)
+
+    report = {"protocol": block, "metrics": None}
+    if inputs.loaded is not None:
+        report["metrics"] = _score_generator(fv, config, inputs, block=block, paths=paths, out=out)
+    if fv.real:
+        real = protocol_lib.score_real_images(
+            config,
+            inputs.segmenter,
+            inputs.mapping,
+            max_images=fv.max_images,
+            batch_size=inputs.batch_size,
+            mesh=inputs.mesh,
+        )
+        report["real"] = {"num_images": real["num_images"], **_scores(real)}
+    _write_report(report, path=paths["metrics"], loaded=inputs.loaded, size=inputs.size)
+    return report
+
+
+def _check_flag_combinations(fv, *, with_generator: bool, seg_name: str | None) -> None:
+    """One-line errors for flag sets that measure nothing or contradict each other."""
     if fv.real and seg_name is None:
         raise cli_flags.CommandLineError(
             "--real scores the segmenter on the real images: give --segmenter_weights"
@@ -232,18 +262,36 @@ def evaluate(fv: flags.FlagValues) -> dict:
         )
     if fv.save_real_stats and not (with_generator and fv.fid_weights):
         raise cli_flags.CommandLineError("--save_real_stats needs --fid_weights and a generator")
-    out = _default_out(fv)
 
+
+class _Inputs(NamedTuple):
+    """Everything `evaluate` reads before it computes: networks, statistics, the generator.
+
+    use_fid: FID is measured (a generator and --fid_weights). inception: InceptionV3 variables
+    or None; real_stats: `(mu, sigma)` from --fid_stats or None; segmenter: a loaded segmenter
+    or None, mapping its label mapping (or None); size: `(H, W)` of the generated images;
+    mesh, batch_size: from the device flags; num_images: images of the eval split to score;
+    loaded: the restored generator (`cli_flags.restore_generator`) or None for real only.
+    """
+
+    use_fid: bool
+    inception: object
+    real_stats: object
+    segmenter: object
+    mapping: object
+    size: tuple[int, int]
+    mesh: object
+    batch_size: int
+    num_images: int
+    loaded: object
+
+
+def _load_inputs(fv, config, *, with_generator: bool, segmenter_choice) -> _Inputs:
+    """Reads every input file first, so that a missing one fails before any compute."""
     from ecgan_jax import data as data_lib
-    from ecgan_jax import inference
     from ecgan_jax.eval import fid as fid_lib
 
-    checkpoint_dir = cli_flags.checkpoint_folder(fv) if with_generator else None
-    paths = _check_outputs(
-        fv, config, out, with_generator=with_generator, checkpoint_dir=checkpoint_dir
-    )
-
-    # Every input file first, so a missing one fails before any compute.
+    seg_name, seg_classes, mapping_name = segmenter_choice
     inception = real_stats = segmenter = mapping = None
     use_fid = with_generator and bool(fv.fid_weights)
     if use_fid:
@@ -267,15 +315,32 @@ def evaluate(fv: flags.FlagValues) -> dict:
         config, batch_size=batch_size, process_index=0, process_count=1
     ).num_examples
     num_images = min(available, fv.max_images) if fv.max_images else available
-
     loaded = cli_flags.restore_generator(fv, config) if with_generator else None
+    return _Inputs(
+        use_fid=use_fid,
+        inception=inception,
+        real_stats=real_stats,
+        segmenter=segmenter,
+        mapping=mapping,
+        size=(h, w),
+        mesh=mesh,
+        batch_size=batch_size,
+        num_images=num_images,
+        loaded=loaded,
+    )
+
+
+def _protocol(fv, config, inputs: _Inputs, *, segmenter_choice) -> dict:
+    """The protocol block (`ecgan_jax.eval.protocol`) of this run, with the config's file and
+    overrides and `max_images`."""
+    seg_name, seg_classes, mapping_name = segmenter_choice
     fid_info = seg_info = None
-    if use_fid:
+    if inputs.use_fid:
         fid_info = protocol_lib.fid_block(
             weights=None if fv.fid_weights == RANDOM else fv.fid_weights,
             stats_file=fv.fid_stats,
-            num_images=num_images,
-            resolution=(h, w),
+            num_images=inputs.num_images,
+            resolution=inputs.size,
             split=str(config.dataset.eval_split),
         )
     if seg_name is not None:
@@ -289,8 +354,8 @@ def evaluate(fv: flags.FlagValues) -> dict:
         )
     block = protocol_lib.protocol_block(
         config,
-        num_images=num_images,
-        generator=_generator_block(loaded),
+        num_images=inputs.num_images,
+        generator=_generator_block(inputs.loaded),
         fid=fid_info,
         segmentation=seg_info,
     )
@@ -299,61 +364,59 @@ def evaluate(fv: flags.FlagValues) -> dict:
         "overrides": cli_flags.config_overrides(fv),
     }
     block["max_images"] = fv.max_images or None
-    print(protocol_lib.format_block(block), flush=True)
+    return block
 
-    report = {"protocol": block, "metrics": None}
-    if loaded is not None:
-        callback = None
-        if fv.save_images:
-            image_dir = os.path.join(out, "images")
 
-            def callback(stems, images):
-                for stem, img in zip(stems, images, strict=True):
-                    outputs.save_png(os.path.join(image_dir, f"{stem}.png"), img)
+def _score_generator(fv, config, inputs: _Inputs, *, block: dict, paths: dict, out: str) -> dict:
+    """Generates and scores the eval split (`inference.evaluate_generator`), writes the FID
+    statistics (their paths added to `block["fid"]`) and the PNGs with --save_images; returns
+    the report's `metrics`."""
+    from ecgan_jax import inference
+    from ecgan_jax.eval import fid as fid_lib
 
-        result = inference.evaluate_generator(
-            config,
-            loaded.module,
-            loaded.variables,
-            max_images=fv.max_images,
-            inception_variables=inception,
-            real_stats=real_stats,
-            segmenter=segmenter,
-            label_mapping=mapping or inference.identity_labels,
-            batch_size=batch_size,
-            mesh=mesh,
-            image_callback=callback,
+    callback = None
+    if fv.save_images:
+        image_dir = os.path.join(out, "images")
+
+        def callback(stems, images):
+            for stem, img in zip(stems, images, strict=True):
+                outputs.save_png(os.path.join(image_dir, f"{stem}.png"), img)
+
+    result = inference.evaluate_generator(
+        config,
+        inputs.loaded.module,
+        inputs.loaded.variables,
+        max_images=fv.max_images,
+        inception_variables=inputs.inception,
+        real_stats=inputs.real_stats,
+        segmenter=inputs.segmenter,
+        label_mapping=inputs.mapping or inference.identity_labels,
+        batch_size=inputs.batch_size,
+        mesh=inputs.mesh,
+        image_callback=callback,
+    )
+    if result["num_images"] != inputs.num_images:
+        raise RuntimeError(
+            f"evaluated {result['num_images']} images, expected {inputs.num_images} (eval split)"
         )
-        if result["num_images"] != num_images:
-            raise RuntimeError(
-                f"evaluated {result['num_images']} images, expected {num_images} (eval split)"
-            )
-        metrics = {"num_images": result["num_images"]}
-        if use_fid:
-            metrics["fid"] = float(result["fid"])
-            fid_lib.save_statistics(paths["fake_stats"], *result["fake_stats"])
-            if fv.save_real_stats:
-                fid_lib.save_statistics(paths["real_stats"], *result["real_stats"])
-            block["fid"]["fake_stats"] = os.path.abspath(paths["fake_stats"])
-            if fv.save_real_stats:
-                block["fid"]["real_stats"] = os.path.abspath(paths["real_stats"])
-        if result.get("segmentation") is not None:
-            metrics.update(_scores(result["segmentation"]))
-        report["metrics"] = metrics
-    if fv.real:
-        real = protocol_lib.score_real_images(
-            config,
-            segmenter,
-            mapping,
-            max_images=fv.max_images,
-            batch_size=batch_size,
-            mesh=mesh,
-        )
-        report["real"] = {"num_images": real["num_images"], **_scores(real)}
-    outputs.save_json(paths["metrics"], report)
+    metrics = {"num_images": result["num_images"]}
+    if inputs.use_fid:
+        metrics["fid"] = float(result["fid"])
+        fid_lib.save_statistics(paths["fake_stats"], *result["fake_stats"])
+        if fv.save_real_stats:
+            fid_lib.save_statistics(paths["real_stats"], *result["real_stats"])
+        block["fid"]["fake_stats"] = os.path.abspath(paths["fake_stats"])
+        if fv.save_real_stats:
+            block["fid"]["real_stats"] = os.path.abspath(paths["real_stats"])
+    if result.get("segmentation") is not None:
+        metrics.update(_scores(result["segmentation"]))
+    return metrics
 
-    print("\n".join([*_summary(report, loaded, (h, w)), f"written {paths['metrics']}"]))
-    return report
+
+def _write_report(report: dict, *, path: str, loaded, size: tuple[int, int]) -> None:
+    """Writes `report` to `path` (metrics.json) and prints one summary line per scored set."""
+    outputs.save_json(path, report)
+    print("\n".join([*_summary(report, loaded, size), f"written {path}"]))
 
 
 def _generator_block(loaded) -> dict | None:
