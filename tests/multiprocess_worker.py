@@ -29,11 +29,12 @@ def multiprocess_config():
 
 
 def record_scalars(monkeypatch_setattr):
-    """Wraps clu's default writer so every `write_scalars` is also kept in the returned dict."""
-    from clu import metric_writers
+    """Wraps the loop's summary writer so every `write_scalars` is also kept in the returned
+    dict."""
+    from ecgan_jax.training import loop
 
     recorded: dict[int, dict[str, float]] = {}
-    create = metric_writers.create_default_writer
+    create = loop._writer
 
     class Recording:
         def __init__(self, writer):
@@ -46,9 +47,7 @@ def record_scalars(monkeypatch_setattr):
         def __getattr__(self, name):
             return getattr(self._writer, name)
 
-    monkeypatch_setattr(
-        metric_writers, "create_default_writer", lambda *a, **k: Recording(create(*a, **k))
-    )
+    monkeypatch_setattr(loop, "_writer", lambda *a, **k: Recording(create(*a, **k)))
     return recorded
 
 

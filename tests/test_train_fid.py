@@ -99,7 +99,7 @@ def test_fid_is_due_on_the_interval_and_at_the_last_step():
 
 @pytest.mark.xdist_group("train_step")
 def test_periodic_fid_keeps_best_across_restarts(tmp_path, weights, monkeypatch):
-    from clu import metric_writers
+    from ecgan_jax.training import loop as train_loop
 
     config = demo_config(
         num_train_steps=2, checkpoint_every=100, fid_every=1, fid_num_images=2, fid_weights=weights
@@ -120,7 +120,7 @@ def test_periodic_fid_keeps_best_across_restarts(tmp_path, weights, monkeypatch)
     monkeypatch.setattr(fid, "frechet_distance", scripted_distance)
     monkeypatch.setattr(inference, "evaluate_generator", spy)
     writer = Recorder()
-    monkeypatch.setattr(metric_writers, "create_default_writer", lambda *a, **k: writer)
+    monkeypatch.setattr(train_loop, "_writer", lambda *a, **k: writer)
 
     # Training: FID at steps 1 and 2 (the last); the second is better and replaces the first.
     script[:] = [5.0, 3.0]

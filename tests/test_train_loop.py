@@ -96,8 +96,9 @@ def test_resume_writes_one_summary_per_step_and_refuses_another_model(tmp_path, 
 @pytest.mark.xdist_group("train_step")
 def test_a_damaged_checkpoint_falls_back_to_the_older_one(tmp_path, caplog):
     workdir = tmp_path / "run"
-    config = demo_config(num_train_steps=4, checkpoint_every=2)
+    config = demo_config(num_train_steps=4, checkpoint_every=2, keep_checkpoints=3)
     train_and_evaluate(config, str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
     state_dir = workdir / "checkpoints" / "4" / "state"
     files = [p for p in state_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     biggest = max(files, key=lambda p: p.stat().st_size)
@@ -176,4 +177,5 @@ def test_readme_demo_commands_end_to_end(tmp_path):
         [cfg, f"--workdir={workdir}", "--fid_weights=random", f"--out={tmp_path / 'eval'}"]
     )
     assert np.isfinite(report["metrics"]["fid"])
+    assert 0 <= report["metrics"]["class_colour_error"] < 2
     assert "RANDOM" in report["protocol"]["fid"]["network"]

@@ -399,7 +399,10 @@ def _score_generator(fv, config, inputs: _Inputs, *, block: dict, paths: dict, o
         raise RuntimeError(
             f"evaluated {result['num_images']} images, expected {inputs.num_images} (eval split)"
         )
-    metrics = {"num_images": result["num_images"]}
+    metrics = {
+        "num_images": result["num_images"],
+        "class_colour_error": float(result["class_colour_error"]),  # the demo's figure
+    }
     if inputs.use_fid:
         metrics["fid"] = float(result["fid"])
         fid_lib.save_statistics(paths["fake_stats"], *result["fake_stats"])
@@ -441,6 +444,7 @@ def _summary(report: dict, loaded, size) -> list[str]:
         lines.append(
             (f"FID {_fmt(m['fid'])}  " if "fid" in m else "")
             + (f"mIoU {_fmt(m['miou'])}  acc {_fmt(m['pixel_accuracy'])}  " if "miou" in m else "")
+            + f"colour error {_fmt(m['class_colour_error'])}  "
             + f"({m['num_images']} images, {loaded.params} params{step}, {h}x{w}, I'')"
         )
     if "real" in report:
