@@ -96,8 +96,9 @@ def test_resume_writes_one_summary_per_step_and_refuses_another_model(tmp_path, 
 @pytest.mark.xdist_group("train_step")
 def test_a_damaged_checkpoint_falls_back_to_the_older_one(tmp_path, caplog):
     workdir = tmp_path / "run"
-    config = demo_config(num_train_steps=4, checkpoint_every=2, keep_checkpoints=3)
-    train_and_evaluate(config, str(workdir))
+    # Two runs, each ending with its own checkpoint: steps 2 and 4.
+    train_and_evaluate(demo_config(num_train_steps=2, checkpoint_every=100), str(workdir))
+    train_and_evaluate(demo_config(num_train_steps=4, checkpoint_every=100), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
     state_dir = workdir / "checkpoints" / "4" / "state"
     files = [p for p in state_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000]
@@ -105,7 +106,9 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one(tmp_path, caplog):
     biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])  # truncated
     (workdir / "checkpoints" / "4" / "data").mkdir(exist_ok=True)
     with caplog.at_level(logging.WARNING):
-        state = train_and_evaluate(demo_config(num_train_steps=5, checkpoint_every=2), str(workdir))
+        state = train_and_evaluate(
+            demo_config(num_train_steps=5, checkpoint_every=100), str(workdir)
+        )
     assert int(state.step) == 5
     warned = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert warned and "/4 cannot be read" in warned[0], warned
