@@ -97,8 +97,9 @@ def test_resume_writes_one_summary_per_step_and_refuses_another_model(tmp_path, 
 def test_a_damaged_checkpoint_falls_back_to_the_older_one(tmp_path, caplog):
     workdir = tmp_path / "run"
     # Two runs, each ending with its own checkpoint: steps 2 and 4.
-    train_and_evaluate(demo_config(num_train_steps=2, checkpoint_every=100), str(workdir))
-    train_and_evaluate(demo_config(num_train_steps=4, checkpoint_every=100), str(workdir))
+    keep = dict(checkpoint_every=100, keep_checkpoints=3)  # the demo config keeps only one
+    train_and_evaluate(demo_config(num_train_steps=2, **keep), str(workdir))
+    train_and_evaluate(demo_config(num_train_steps=4, **keep), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
     state_dir = workdir / "checkpoints" / "4" / "state"
     files = [p for p in state_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000]
