@@ -41,18 +41,19 @@ def random_app(config, batch_size: int):
     import jax
     import jax.numpy as jnp
 
-    from ecgan_jax import config_lib, inference
+    from ecgan_jax import config_lib
     from ecgan_jax.models import build_generator
     from ecgan_jax.serve.catalog import ValidationMaps
     from ecgan_jax.serve.engine import GenerationEngine
     from ecgan_jax.serve.server import ServeApp
+    from ecgan_jax.sharding import local_mesh
 
     generator = build_generator(config)
     h, w = config.dataset.image_size
     seg = jnp.zeros((1, h, w, config_lib.semantic_nc(config)), jnp.float32)
     variables = jax.jit(lambda k: generator.init(k, seg, train=False))(jax.random.key(0))
     engine = GenerationEngine(
-        generator, variables, config, batch_size=batch_size, mesh=inference.make_mesh(1)
+        generator, variables, config, batch_size=batch_size, mesh=local_mesh(1)
     )
     samples = ValidationMaps(config, limit=16)
     return ServeApp(engine, config, samples=samples, info={"parameters": "random"})

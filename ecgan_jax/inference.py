@@ -41,7 +41,6 @@ from ecgan_jax import config_lib
 from ecgan_jax.eval.quality import to_uint8
 from ecgan_jax.models.encoding import encode_labels_typed
 from ecgan_jax.sharding import DATA_AXIS, local_mesh, replicated
-from ecgan_jax.sharding import local_mesh as make_mesh  # the name the commands use
 
 __all__ = [
     "CheckpointRef",
@@ -52,7 +51,6 @@ __all__ = [
     "is_converted_checkpoint",
     "load_generator",
     "make_generate_fn",
-    "make_mesh",
     "resolve_checkpoint",
     "restore_generator",
     "to_uint8",
@@ -413,6 +411,22 @@ def _eval_split(config, fn, variables, *, batch_size: int, limit: int | None, re
             return
 
 
+def _fid_result(fake_feats, real_feats, given, count: int) -> dict:
+    """FID of the generated features against the real ones (or the given statistics)."""
+    from ecgan_jax.eval.fid import compute_statistics, frechet_distance
+
+    if count < 2:
+        raise ValueError(f"FID needs at least 2 images, got {count} (max_images)")
+    fake = compute_statistics(np.concatenate(fake_feats))
+    real = given if given is not None else compute_statistics(np.concatenate(real_feats))
+    return dict(
+        fid=frechet_distance(*fake, *real),
+        fake_stats=fake,
+        real_stats=real,
+        real_stats_source="given" if given is not None else "computed",
+    )
+
+
 def evaluate_generator(
     config,
     generator,
@@ -463,7 +477,7 @@ def evaluate_generator(
     if inception_variables is None and segmenter is None:
         raise ValueError("evaluate_generator: give inception_variables and/or a segmenter")
 
-    from ecgan_jax.eval.fid import compute_statistics, extract_features, frechet_distance
+    from ecgan_jax.eval.fid import extract_features
 
     seg_eval = None
     if segmenter is not None:
@@ -482,8 +496,9 @@ def evaluate_generator(
     split = _eval_split(config, fn, variables, batch_size=batch_size, limit=limit, real=real_images)
     for stems, images, real_u8, labels in split:
         count += len(stems)
+        unit = uint8_to_unit(images)  # what the colour error and the segmenter score
         colour += len(stems) * class_colour_error(
-            uint8_to_unit(images), uint8_to_unit(real_u8), labels, num_classes=num_colour_classes
+            unit, uint8_to_unit(real_u8), labels, num_classes=num_colour_classes
         )
         if image_callback is not None:
             image_callback(stems, images)
@@ -493,7 +508,7 @@ def evaluate_generator(
                 real_feats.append(extract_features(inception_variables, real_u8, **kw))
         if seg_eval is not None:
             # One shape for the segmenter: padded rows carry label -1 (not counted).
-            seg_eval.update(*pad_batch(uint8_to_unit(images), label_mapping(labels), batch_size))
+            seg_eval.update(*pad_batch(unit, label_mapping(labels), batch_size))
     if count == 0:
         raise ValueError(f"the eval split of {config.dataset.name!r} yielded no image")
     result = {
@@ -502,16 +517,7 @@ def evaluate_generator(
         "class_colour_error": colour / count,
     }
     if inception_variables is not None:
-        if count < 2:
-            raise ValueError(f"FID needs at least 2 images, got {count} (max_images)")
-        fake = compute_statistics(np.concatenate(fake_feats))
-        real = given if given is not None else compute_statistics(np.concatenate(real_feats))
-        result.update(
-            fid=frechet_distance(*fake, *real),
-            fake_stats=fake,
-            real_stats=real,
-            real_stats_source="given" if given is not None else "computed",
-        )
+        result.update(_fid_result(fake_feats, real_feats, given, count))
     if seg_eval is not None:
         result["segmentation"] = seg_eval.result()
     return result

@@ -26,6 +26,7 @@ from ecgan_jax.eval import drn, fid, inception
 from ecgan_jax.eval.quality import to_uint8
 from ecgan_jax.interop import state_dict as sd_lib
 from ecgan_jax.models.encoding import encode_labels
+from ecgan_jax.sharding import local_mesh
 from ecgan_jax.training.checkpointing import Checkpointer
 from ecgan_jax.training.state import build_models, create_train_state, make_optimizers
 
@@ -289,7 +290,7 @@ def test_evaluate_metrics_and_protocol(run, tmp_path, monkeypatch, capsys):
         inception.load_inception(str(incep)),
         np.concatenate([fake_u8, real_u8]),
         batch_size=n,  # the command's batch: its compiled feature function is reused
-        mesh=inference.make_mesh(1),
+        mesh=local_mesh(1),
     ).astype(np.float64)
     f1, f2 = feats[:n], feats[n:]
     for got, want in zip(fake_stats + real_stats, fid.compute_statistics(f1)

@@ -35,6 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ecgan_jax import config_lib
+from ecgan_jax.sharding import local_mesh
 
 __all__ = [
     "CommandLineError",
@@ -283,9 +284,8 @@ def batch_for_mesh(batch_size: int, mesh) -> int:
 
 def mesh_and_batch(fv: flags.FlagValues):
     """(mesh over --num_devices local devices, --batch_size rounded up to a multiple of it)."""
-    from ecgan_jax import inference
 
-    mesh = inference.make_mesh(fv.num_devices)
+    mesh = local_mesh(fv.num_devices)
     return mesh, batch_for_mesh(fv.batch_size, mesh)
 
 

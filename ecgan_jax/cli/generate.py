@@ -37,6 +37,7 @@ from absl import flags
 
 from ecgan_jax.cli import flags as cli_flags
 from ecgan_jax.cli import outputs
+from ecgan_jax.sharding import local_mesh
 
 # --------------------------------------------------------------------------- flags
 
@@ -223,7 +224,7 @@ def generate_directory(
         overwrite=overwrite,
         inputs=inputs,
     )
-    mesh = inference.make_mesh(1) if mesh is None else mesh
+    mesh = local_mesh(1) if mesh is None else mesh
     batch_size = cli_flags.batch_for_mesh(batch_size, mesh)
     fn = inference.make_generate_fn(generator, config, mesh)
     os.makedirs(out_dir, exist_ok=True)

@@ -46,6 +46,7 @@ import numpy as np
 from ecgan_jax.serve import codec
 from ecgan_jax.serve.catalog import ClassTable, ValidationMaps, class_table, num_label_values
 from ecgan_jax.serve.engine import EngineBusy, GenerationEngine
+from ecgan_jax.sharding import local_mesh
 
 OUTPUTS = ("final", "first", "edge", "all")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -365,7 +366,7 @@ def build_app(
         loaded.variables,
         config,
         batch_size=batch_size,
-        mesh=inference.make_mesh(1) if mesh is None else mesh,
+        mesh=local_mesh(1) if mesh is None else mesh,
         batch_window_s=batch_window_s,
     )
     info = {
