@@ -62,8 +62,22 @@ EXIT_BUG = 1
 EXIT_BAD_INPUT = 2  # a flag, config field, file or value refused, in one line
 EXIT_PREEMPTED = 3  # training stopped by SIGTERM after saving: rerun to resume
 EXIT_NON_FINITE = 4  # a loss or the state became NaN/inf: the last good checkpoint is kept
-# What `run` reports in one line instead of a traceback: bad flags, files and values.
-USER_ERRORS = (ValueError, OSError)
+
+
+def is_expected_error(error: BaseException) -> bool:
+    """Whether `error` is a refusal of the user's input, reported in one line (exit 2), rather
+    than a bug (traceback, exit 1): an OSError (a missing or unreadable file), a config or
+    checkpoint refusal, or a ValueError/KeyError raised by this project's own checks."""
+    from ecgan_jax.config_lib import ConfigError
+
+    if isinstance(error, (ConfigError, OSError)):  # OSError covers CheckpointError
+        return True
+    if not isinstance(error, (ValueError, KeyError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/ecgan_jax/" in tb.tb_frame.f_code.co_filename
 
 
 class CommandLineError(ValueError):
@@ -317,7 +331,9 @@ def run(command: Callable[[flags.FlagValues], object], define_flags: DefineFn, d
             raise app.UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
         try:
             command(fv)
-        except USER_ERRORS as e:
+        except Exception as e:
+            if not is_expected_error(e):
+                raise
             logging.debug("error details", exc_info=True)
             sys.stderr.write(f"error: {e}\n")
             return EXIT_BAD_INPUT

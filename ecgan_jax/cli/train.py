@@ -88,22 +88,8 @@ from ecgan_jax.cli.flags import (  # noqa: E402 - the exit codes of every comman
     EXIT_BAD_INPUT,
     EXIT_NON_FINITE,
     EXIT_PREEMPTED,
+    is_expected_error,
 )
-
-
-def is_expected_error(error: BaseException) -> bool:
-    """Whether `error` is a refusal of the user's input (not a bug in the code)."""
-    from ecgan_jax.config_lib import ConfigError
-    from ecgan_jax.training.checkpointing import CheckpointError
-
-    if isinstance(error, (ConfigError, CheckpointError, OSError)):
-        return True
-    if not isinstance(error, (ValueError, KeyError)):
-        return False
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and "/ecgan_jax/" in tb.tb_frame.f_code.co_filename
 
 
 def fail(message: str, code: int) -> None:

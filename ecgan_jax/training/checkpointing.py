@@ -119,7 +119,7 @@ class Checkpointer:
         self.manager.close()
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OSError):
     """No checkpoint of a run can be read back."""
 
 
