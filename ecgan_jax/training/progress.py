@@ -124,15 +124,10 @@ _FILTER = _DropLibraryInfo()
 
 
 def quiet_library_logs(verbose: bool = False) -> None:
-    """Checkpoint-library INFO lines (about 40 per save) dropped unless `verbose`."""
-    targets = [logging.getLogger(), logging.getLogger("absl")]
-    for logger in targets:
-        for handler in logger.handlers:
-            if verbose:
-                handler.removeFilter(_FILTER)
-            else:
-                handler.addFilter(_FILTER)
+    """Checkpoint-library INFO lines (about 40 per save) dropped unless `verbose`: a filter
+    on the root logger's handlers, which every propagated record passes (absl's included)."""
+    for handler in logging.getLogger().handlers:
         if verbose:
-            logger.removeFilter(_FILTER)
+            handler.removeFilter(_FILTER)
         else:
-            logger.addFilter(_FILTER)
+            handler.addFilter(_FILTER)
