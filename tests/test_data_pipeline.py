@@ -150,3 +150,128 @@ def test_colorize_labels():
     assert len({tuple(c) for c in generic.reshape(-1, 3)}) == 200  # distinct colours
     batch = colorize_labels(np.zeros((3, 4, 5), np.int32), 9)
     assert batch.shape == (3, 4, 5, 3)
+
+
+def _host(monkeypatch, cpu_count, affinity=None):
+    """Makes this process see `cpu_count` cores (an affinity mask of `affinity` cores)."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cpu_count)
+    mask = set(range((cpu_count or 1) if affinity is None else affinity))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: mask, raising=False)
+
+
+def test_resolve_num_workers_auto_and_bad_values(monkeypatch):
+    from ecgan_jax.config_lib import ConfigError
+    from ecgan_jax.data.pipeline import MAX_AUTO_WORKERS, resolve_num_workers
+
+    for cores, want in [(9, 8), (2, 1), (1, 0), (None, 0), (500, MAX_AUTO_WORKERS)]:
+        _host(monkeypatch, cores)
+        assert resolve_num_workers("auto") == want, cores
+    _host(monkeypatch, 64, affinity=3)  # taskset / cpuset: 3 of the 64 cores are ours
+    assert resolve_num_workers("auto") == 2
+    assert resolve_num_workers("auto", cores=5) == 4
+    assert [resolve_num_workers(v) for v in (0, 3, "3", np.int64(2))] == [0, 3, 3, 2]
+    for bad in (-1, "-1", "four", "", 2.0, True, None, "AUTO"):
+        with pytest.raises(ConfigError) as e:
+            resolve_num_workers(bad)
+        message = str(e.value)
+        assert "\n" not in message and "'dataset.num_workers'" in message, bad
+        assert f"= {bad!r} is invalid; allowed: 'auto'" in message and "integer >= 0" in message
+
+
+def _with_workers(config, value):
+    # base_config declares num_workers as an int; "auto" replaces the field itself.
+    del config.dataset["num_workers"]
+    config.dataset.num_workers = value
+    return config
+
+
+def test_num_workers_auto_state_holds_the_resolved_count(monkeypatch):
+    _host(monkeypatch, 1)  # "auto" -> 0 workers: no worker processes in this test
+    auto = make_train_iterator(_with_workers(_config(n=6), "auto"), process_index=0,
+                               process_count=1)  # fmt: skip
+    assert auto.num_workers == 0
+    next(auto)
+    state = json.loads(json.dumps(auto.get_state()))
+    assert state["num_workers"] == 0
+    want = next(auto)
+    explicit = make_train_iterator(_config(n=6, num_workers=0), process_index=0, process_count=1)
+    explicit.set_state(state)  # resolved counts compared: "auto" (0 here) == 0
+    assert _equal(want, next(explicit))
+    state["num_workers"] = 2  # a checkpoint made where "auto" gave 2 workers
+    again = make_train_iterator(_with_workers(_config(n=6), "auto"), process_index=0,
+                                process_count=1)  # fmt: skip
+    with pytest.raises(ValueError) as e:
+        again.set_state(state)
+    assert str(e.value) == (
+        "cannot restore the input pipeline: the checkpoint was made with "
+        "config.dataset.num_workers = 2, this run has 0 ('auto' on a host of 1 core(s)); set "
+        "--config.dataset.num_workers=2 to resume"
+    )
+    with pytest.raises(ValueError, match="'dataset.num_workers' = 'some'"):
+        make_eval_iterator(_with_workers(_config(), "some"), process_index=0, process_count=1)
+
+
+def _data_bench():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "data_bench.py"
+    spec = importlib.util.spec_from_file_location("data_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_bench_cpu_seconds_count_live_children():
+    import subprocess
+    import sys
+
+    bench = _data_bench()
+    if not bench.HAVE_PROC:
+        pytest.skip("no /proc")
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n"
+    before = bench.cpu_seconds()
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn + "print(1, flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline() == "1\n"  # it burnt 0.5 s of CPU and is still alive
+        # RUSAGE_CHILDREN counts reaped children only: the live child comes from /proc.
+        assert bench.cpu_seconds() - before >= 0.45
+    finally:
+        child.stdin.close()
+        child.wait()
+
+
+def test_data_bench_preprocessed_source_equals_the_png_path(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from ecgan_jax.data.fake_trees import write_split
+
+    bench = _data_bench()
+    root = str(tmp_path / "cityscapes")
+    stems = [f"aachen_000000_{i:06d}" for i in range(4)]
+    write_split("cityscapes", root, "train", stems, size=(16, 32), label_nc=34)
+    png = bench.cityscapes_config(root, 2, (8, 16))
+    pre = bench.cityscapes_config(root, 2, (8, 16))
+    built = bench.build_preprocessed(root, str(tmp_path / "work"), (8, 16))
+    pre.dataset.update(**built["fields"])
+    assert pre.dataset.source == "tfds" and pre.dataset.edges == "precomputed"
+
+    def by_stem(config):
+        it = make_train_iterator(config, process_index=0, process_count=1)
+        out = {str(s): {k: v[i] for k, v in b.items()} for b in (next(it), next(it))
+               for i, s in enumerate(b["stem"])}  # fmt: skip
+        it.close()
+        return out
+
+    a, b = by_stem(png), by_stem(pre)
+    assert sorted(a) == sorted(b) == stems
+    for s in stems:  # TFDS keeps its own record order, and flips follow the position
+        flip = not np.array_equal(a[s]["label"], b[s]["label"])
+        for k in ("label", "instance", "image", "edge"):
+            np.testing.assert_array_equal(a[s][k], b[s][k][:, ::-1] if flip else b[s][k], k)
+    r = bench.run(pre, 2)
+    assert r["workers"] == 0 and r["images_per_cpu_s"] > 0

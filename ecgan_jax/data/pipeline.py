@@ -13,13 +13,15 @@ Process p of n reads the strided shard p, p + n, ... of the first n * floor(N / 
 same iterator state), shuffled by `config.seed` and reshuffled every epoch, cut into batches with
 drop_remainder (an epoch is floor(floor(N / n) / b) steps), repeated forever. Random crops and
 flips come from grain's per-element rngs (seed, process, epoch, index): deterministic.
-`dataset.num_workers` > 0 decodes in that many grain worker processes (`mp_prefetch`).
+`dataset.num_workers` > 0 decodes in that many grain worker processes (`mp_prefetch`);
+"auto" picks the count from the host's cores (`resolve_num_workers`).
 
 Iterator state (`get_state()` / `set_state(state)`): a JSON-serialisable dict
 `{"version": 1, "grain": <grain DatasetIterator state>, "num_workers", "process_count",
-"local_batch_size", "num_examples", "seed"}`; restoring into an iterator built from a config
-with different values of those fields is an error naming the field. Resume is exact: the next
-batch after `set_state(s)` equals the next batch after the `get_state()` that gave s.
+"local_batch_size", "num_examples", "seed"}` (num_workers as resolved, an int); restoring into
+an iterator built from a config with different values of those fields is an error naming the
+field. Resume is exact: the next batch after `set_state(s)` equals the next batch after the
+`get_state()` that gave s.
 
 `make_eval_iterator(config)` -> `EvalIterable`: the eval split once, in source order, no
 shuffle, no flip, no crop (straight resize); process p reads examples p, p + n, ...; every
@@ -30,16 +32,50 @@ with `valid` (bool (b,)) False on padding rows and stem "".
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import grain
 import jax
 import numpy as np
 
+from ecgan_jax.config_lib import ConfigError
 from ecgan_jax.data.sources import make_source
 from ecgan_jax.data.transforms import DataSpec, ExampleTransform
 
 STATE_VERSION = 1
 KEYS = ("label", "instance", "image", "edge", "stem")
+MAX_AUTO_WORKERS = 32
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on: os.cpu_count(), less where an affinity mask
+    (taskset, a container's cpuset) leaves it fewer."""
+    n = os.cpu_count() or 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        n = min(n, len(affinity(0)))
+    return max(n, 1)
+
+
+def resolve_num_workers(value, *, cores: int | None = None) -> int:
+    """`dataset.num_workers` as a grain worker count: an integer >= 0 (or its digits, as a
+    command-line override gives it) as is; "auto" = min(cores - 1, MAX_AUTO_WORKERS), one
+    worker per host core but one left to the training process that feeds the chips, capped
+    where more workers only add start-up time and memory (BENCHMARKS.md "Input pipeline").
+
+    `cores` defaults to `host_cores()`.
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto":
+        cores = host_cores() if cores is None else int(cores)
+        return max(0, min(cores - 1, MAX_AUTO_WORKERS))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(
+            f"config field 'dataset.num_workers' = {value!r} is invalid; allowed: 'auto' "
+            f"(host cores - 1, at most {MAX_AUTO_WORKERS}) or an integer >= 0"
+        )
+    return int(value)
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -76,12 +112,11 @@ def _ensure_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _to_iter_dataset(ds: grain.MapDataset, config) -> grain.IterDataset:
+def _to_iter_dataset(ds: grain.MapDataset, config, workers: int) -> grain.IterDataset:
     d = config.dataset
     prefetch = max(int(d.get("prefetch", 2)), 1)
     threads = int(d.get("read_threads", 2))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
-    workers = int(d.get("num_workers", 0))
     if workers > 0:
         _ensure_flags_parsed()
         it = it.mp_prefetch(
@@ -121,7 +156,8 @@ class TrainIterator:
         self.global_batch_size = int(config.batch_size)
         self.local_batch_size = _local_batch(self.global_batch_size, self.process_count)
         self.seed = int(config.seed)
-        self.num_workers = int(config.dataset.get("num_workers", 0))
+        self.num_workers_setting = config.dataset.get("num_workers", 0)
+        self.num_workers = resolve_num_workers(self.num_workers_setting)
         self.source = make_source(config, train=True)
         self.num_examples = len(self.source)
         per_process = self.num_examples // self.process_count
@@ -140,7 +176,7 @@ class TrainIterator:
         ds = ds.random_map(_TrainFn(transform), seed=self.seed * 1_000_003 + p)
         ds = ds.batch(self.local_batch_size, drop_remainder=True, batch_fn=_stack)
         ds = ds.repeat(None)  # reseeds the shuffle and the augmentation every epoch
-        self._dataset = _to_iter_dataset(ds, config)
+        self._dataset = _to_iter_dataset(ds, config, self.num_workers)
         self._iterator = iter(self._dataset)
 
     def __iter__(self):
@@ -173,9 +209,16 @@ class TrainIterator:
                   "local_batch_size": "config.batch_size / process count"}  # fmt: skip
         for key, value in self._fingerprint().items():
             if state.get(key) != value:
+                hint = ""
+                if key == "num_workers" and self.num_workers_setting == "auto":
+                    # grain's state holds one entry per worker: the resolved counts must match.
+                    hint = (
+                        f" ('auto' on a host of {host_cores()} core(s)); set "
+                        f"--config.dataset.num_workers={state.get(key)!r} to resume"
+                    )
                 raise ValueError(
                     f"cannot restore the input pipeline: the checkpoint was made with "
-                    f"{fields[key]} = {state.get(key)!r}, this run has {value!r}"
+                    f"{fields[key]} = {state.get(key)!r}, this run has {value!r}{hint}"
                 )
         self._iterator.set_state(state["grain"])
 
@@ -211,6 +254,7 @@ class EvalIterable:
         global_batch = int(config.batch_size if batch_size is None else batch_size)
         self.local_batch_size = _local_batch(global_batch, self.process_count, field)
         self.config = config
+        self.num_workers = resolve_num_workers(config.dataset.get("num_workers", 0))
         self.source = make_source(config, train=False)
         self.num_examples = len(self.source)
         per_process = -(-self.num_examples // self.process_count)
@@ -226,7 +270,7 @@ class EvalIterable:
         ds = ds.batch(b, drop_remainder=False, batch_fn=_stack)
         produced = 0
         template = None
-        for batch in _to_iter_dataset(ds, self.config):
+        for batch in _to_iter_dataset(ds, self.config, self.num_workers):
             batch = _plain(batch)
             template = {k: v[-1:] for k, v in batch.items()}
             yield self._pad(batch, template)
