@@ -4,6 +4,7 @@
     python benchmarks/torch_reference.py --config=configs/cityscapes.py --case=g_forward
     python benchmarks/torch_reference.py --config=configs/cityscapes.py --case=train --batch=2 \
         --set model.ngf=16 model.ndf=16 dataset.image_size=128,256 --threads=2 --repeats=3
+    python benchmarks/torch_reference.py --config=configs/cityscapes.py --batch=8 --device=cuda
 
 Written for this project from its own Flax models (ecgan_jax/models/*) and docs/DESIGN.md §2-4;
 no code of the authors is used. Module and parameter names follow the authors' PyTorch
@@ -28,7 +29,10 @@ Cases (models random-initialised as the authors do: Xavier-normal gain 0.02, zer
 
 Prints one JSON line and a markdown row: median seconds per iteration over --repeats timed
 iterations after one warm-up iteration, seconds per image, images/s, peak RSS (ru_maxrss of
-this process), torch version and thread count.
+this process), torch version and thread count. `--device=cuda` runs the same iteration on the
+first CUDA device (each timed iteration ends in `torch.cuda.synchronize()`) and adds the device
+name, its peak allocated memory and whether cuDNN may use TF32 for float32 convolutions
+(torch's default: yes), so a float32 row is compared with XLA's float32 knowing that.
 """
 
 from __future__ import annotations
@@ -307,10 +311,11 @@ def preprocess(label, instance, config):
     d = config.dataset
     n_lab = int(d.label_nc) + int(bool(d.contain_dontcare_label))
     b, h, w = label.shape
-    seg = torch.zeros(b, n_lab, h, w).scatter_(1, label.long().unsqueeze(1), 1.0)
+    seg = torch.zeros(b, n_lab, h, w, device=label.device)
+    seg = seg.scatter_(1, label.long().unsqueeze(1), 1.0)
     if not d.no_instance:
         t = instance.unsqueeze(1)
-        edge = torch.zeros(t.shape, dtype=torch.bool)
+        edge = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
         dw = t[:, :, :, 1:] != t[:, :, :, :-1]
         dh = t[:, :, 1:, :] != t[:, :, :-1, :]
         edge[:, :, :, 1:] |= dw
@@ -360,14 +365,14 @@ def _hinge_d(preds, real: bool):
 class TorchTrainer:
     """G step then D step on one batch, as the authors' Pix2PixTrainer/Pix2PixModel do."""
 
-    def __init__(self, config):
+    def __init__(self, config, device="cpu"):
         self.config = config
         self.G, self.D = build_models(config)
-        authors_init_(self.G)
-        authors_init_(self.D)
+        authors_init_(self.G).to(device)
+        authors_init_(self.D).to(device)
         self.G.train()
         self.D.train()
-        self.vgg = VGG19Features().eval() if config.perceptual.enabled else None
+        self.vgg = VGG19Features().to(device).eval() if config.perceptual.enabled else None
         lr = float(config.lr)
         lr_g, lr_d = (lr / 2, lr * 2) if config.ttur else (lr, lr)
         betas = (float(config.beta1), float(config.beta2))
@@ -436,28 +441,34 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device=cuda: torch {torch.__version__} sees no CUDA device")
     config = load_config(args.config)
     config.batch_size = args.batch
     for a in args.set:
         apply_override(config, a)
     validate_config(config)
-    batch = random_batch(config, args.batch)
+    batch = {k: v.to(args.device) for k, v in random_batch(config, args.batch).items()}
+    sync = torch.cuda.synchronize if cuda else lambda: None
 
     if args.case == "g_forward":
         gen, _ = build_models(config)
-        authors_init_(gen).eval()
+        authors_init_(gen).to(args.device).eval()
         seg, _ = preprocess(batch["label"], batch["instance"], config)
 
         def iteration():
             with torch.no_grad():
                 gen(seg)
+            sync()
 
         notes = "G eval mode, no_grad, input preprocessed outside the timing"
     else:
-        trainer = TorchTrainer(config)
+        trainer = TorchTrainer(config, args.device)
 
         def iteration():
             trainer.step(batch)
+            sync()
 
         notes = (
             "G step + D step (G regenerated under no_grad), 3 D calls per step, hinge+FM"
@@ -473,6 +484,14 @@ def run(args) -> dict:
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     h, w = (int(v) for v in config.dataset.image_size)
+    device = {"device": "cpu"}
+    if cuda:
+        device = {
+            "device": torch.cuda.get_device_name(),
+            "device_peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        }
     return {
         "case": args.case,
         "config": args.config,
@@ -490,6 +509,7 @@ def run(args) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **device,
         "notes": notes,
     }
 
@@ -501,11 +521,15 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_args(argv)
     r = run(args)
     print(json.dumps(r))
-    print(f"torch {r['torch']} ({r['cpu_capability']}), {r['threads']} threads; {r['notes']}")
+    print(
+        f"torch {r['torch']} on {r['device']} ({r['cpu_capability']}), {r['threads']} threads; "
+        f"{r['notes']}"
+    )
     print("| case | config | size | batch | s/iter (median) | s/image | images/s | peak RSS GB |")
     print("|---|---|---|---|---|---|---|---|")
     print(
