@@ -165,11 +165,12 @@ def test_resolve_num_workers_auto_and_bad_values(monkeypatch):
     from ecgan_jax.config_lib import ConfigError
     from ecgan_jax.data.pipeline import MAX_AUTO_WORKERS, resolve_num_workers
 
-    for cores, want in [(9, 8), (2, 1), (1, 0), (None, 0), (500, MAX_AUTO_WORKERS)]:
+    for cores, want in [(9, 8), (3, 2), (2, 0), (1, 0), (None, 0), (500, MAX_AUTO_WORKERS)]:
         _host(monkeypatch, cores)
         assert resolve_num_workers("auto") == want, cores
-    _host(monkeypatch, 64, affinity=3)  # taskset / cpuset: 3 of the 64 cores are ours
-    assert resolve_num_workers("auto") == 2
+    assert MAX_AUTO_WORKERS == 32
+    _host(monkeypatch, 64, affinity=4)  # taskset / cpuset: 4 of the 64 cores are ours
+    assert resolve_num_workers("auto") == 3
     assert resolve_num_workers("auto", cores=5) == 4
     assert [resolve_num_workers(v) for v in (0, 3, "3", np.int64(2))] == [0, 3, 3, 2]
     for bad in (-1, "-1", "four", "", 2.0, True, None, "AUTO"):
@@ -188,7 +189,7 @@ def _with_workers(config, value):
 
 
 def test_num_workers_auto_state_holds_the_resolved_count(monkeypatch):
-    _host(monkeypatch, 1)  # "auto" -> 0 workers: no worker processes in this test
+    _host(monkeypatch, 2)  # "auto" -> 0 workers: no worker processes in this test
     auto = make_train_iterator(_with_workers(_config(n=6), "auto"), process_index=0,
                                process_count=1)  # fmt: skip
     assert auto.num_workers == 0
@@ -206,7 +207,7 @@ def test_num_workers_auto_state_holds_the_resolved_count(monkeypatch):
         again.set_state(state)
     assert str(e.value) == (
         "cannot restore the input pipeline: the checkpoint was made with "
-        "config.dataset.num_workers = 2, this run has 0 ('auto' on a host of 1 core(s)); set "
+        "config.dataset.num_workers = 2, this run has 0 ('auto' on a host of 2 core(s)); set "
         "--config.dataset.num_workers=2 to resume"
     )
     with pytest.raises(ValueError, match="'dataset.num_workers' = 'some'"):

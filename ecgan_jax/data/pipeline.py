@@ -57,23 +57,28 @@ def host_cores() -> int:
     return max(n, 1)
 
 
+def auto_num_workers(cores: int) -> int:
+    """One grain worker per core but one, which the training process keeps, at most
+    MAX_AUTO_WORKERS (each worker is a whole Python process: memory, start-up time), and none
+    on hosts of 1-2 cores, where a worker decodes no more images per CPU-second than the
+    training process's own read threads and adds its start-up (BENCHMARKS.md "Input pipeline")."""
+    return 0 if cores <= 2 else min(cores - 1, MAX_AUTO_WORKERS)
+
+
 def resolve_num_workers(value, *, cores: int | None = None) -> int:
     """`dataset.num_workers` as a grain worker count: an integer >= 0 (or its digits, as a
-    command-line override gives it) as is; "auto" = min(cores - 1, MAX_AUTO_WORKERS), one
-    worker per host core but one left to the training process that feeds the chips, capped
-    where more workers only add start-up time and memory (BENCHMARKS.md "Input pipeline").
+    command-line override gives it) as is, or "auto", `auto_num_workers(cores)`.
 
     `cores` defaults to `host_cores()`.
     """
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if value == "auto":
-        cores = host_cores() if cores is None else int(cores)
-        return max(0, min(cores - 1, MAX_AUTO_WORKERS))
+        return auto_num_workers(host_cores() if cores is None else int(cores))
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ConfigError(
             f"config field 'dataset.num_workers' = {value!r} is invalid; allowed: 'auto' "
-            f"(host cores - 1, at most {MAX_AUTO_WORKERS}) or an integer >= 0"
+            f"(host cores - 1, at most {MAX_AUTO_WORKERS}; 0 on 1-2 cores) or an integer >= 0"
         )
     return int(value)
 
