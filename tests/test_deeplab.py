@@ -230,43 +230,47 @@ def _torch_msc(torch, sd, n_blocks=(3, 4, 23, 3)):
     return msc
 
 
+def _torch_test(torch, msc, images):
+    """`main.py test`: [-1, 1] RGB -> BGR 0..255 minus the mean, MSC max, logits resized
+    to the label size. -> (logits NHWC, max |logit| before the resize)."""
+    F = torch.nn.functional
+    bgr = ((images + 1) * 127.5)[..., ::-1] - np.array([104.008, 116.669, 122.675], np.float32)
+    with torch.no_grad():
+        logits = msc(nchw(torch, bgr))
+        want = F.interpolate(logits, size=images.shape[1:3], mode="bilinear", align_corners=False)
+    return want.permute(0, 2, 3, 1).numpy(), float(logits.abs().max())
+
+
+def _check_segmenter(torch, msc, variables, images, n_blocks):
+    segmenter = deeplab.deeplab_segmenter(variables, n_blocks=n_blocks)
+    got = np.asarray(jax.jit(segmenter.apply_fn)(variables, jnp.asarray(images)))
+    want, peak = _torch_test(torch, msc, images)
+    assert got.shape == want.shape == (*images.shape[:3], 182)
+    assert 0.3 < peak < 30  # O(1) logits: the tolerance below is meaningful
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert isinstance(segmenter, segmentation.Segmenter) and segmenter.num_classes == 182
+
+
 @pytest.mark.torch
-def test_full_deeplab_matches_torch(released):
-    """Dilated ResNet-101 + ASPP at 41 x 53: ceil-mode pool 21 x 27 -> 11 x 14, /8 6 x 7."""
+def test_full_msc_segmenter_at_the_protocol_size_matches_torch(released):
+    """Dilated ResNet-101 + ASPP + MSC (scales 1, 0.5, 0.75) on one 256 x 256 image, the
+    protocol's input: ceil-mode pool 128 -> 65, output stride 8 -> 33 x 33 logits
+    (17 x 17 and 25 x 25 for the rescaled inputs)."""
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
     sd, variables, _ = released
-    msc = _torch_msc(torch, sd)
-    x = np.random.default_rng(3).normal(0, 50, (1, 41, 53, 3)).astype(np.float32)
-    with torch.no_grad():
-        want = msc.base(nchw(torch, x)).permute(0, 2, 3, 1).numpy()
-    got = np.asarray(jax.jit(deeplab.DeepLabV2().apply)(variables, jnp.asarray(x)))
-    assert got.shape == want.shape == (1, 6, 7, 182)
-    assert 0.3 < np.abs(want).max() < 30  # O(1) logits: the tolerance below is meaningful
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    images = np.random.default_rng(3).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
+    _check_segmenter(torch, _torch_msc(torch, sd), variables, images, deeplab.N_BLOCKS)
 
 
 @pytest.mark.torch
 def test_msc_segmenter_matches_torch_test():
-    """`main.py test`: BGR 0..255 minus the mean, MSC max, logits resized to the label size.
-    37 x 50 makes the scale factors' kernel (1 / s, not in / out) matter."""
+    """The same pipeline on one block per layer (fast compile) at 37 x 50, where the scale
+    factors' kernel (1 / s, not in / out) and the odd maps matter."""
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
-    F = torch.nn.functional
     sd = synthetic(expected_shapes(SHALLOW), 4)
-    msc = _torch_msc(torch, sd, SHALLOW)
     variables = deeplab.convert_state_dict(sd, n_blocks=SHALLOW)
     images = np.random.default_rng(5).uniform(-1, 1, (2, 37, 50, 3)).astype(np.float32)
-    segmenter = deeplab.deeplab_segmenter(variables, n_blocks=SHALLOW)
-    got = np.asarray(jax.jit(segmenter.apply_fn)(variables, jnp.asarray(images)))
-
-    bgr = ((images + 1) * 127.5)[..., ::-1] - np.array([104.008, 116.669, 122.675], np.float32)
-    with torch.no_grad():
-        logits = msc(nchw(torch, bgr))
-        want = F.interpolate(logits, size=(37, 50), mode="bilinear", align_corners=False)
-    want = want.permute(0, 2, 3, 1).numpy()
-    assert got.shape == (2, 37, 50, 182)
-    assert 0.3 < np.abs(want).max() < 30
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert isinstance(segmenter, segmentation.Segmenter) and segmenter.num_classes == 182
+    _check_segmenter(torch, _torch_msc(torch, sd, SHALLOW), variables, images, SHALLOW)
 
 
 def test_sharded_evaluator_counts_the_predictions():
