@@ -391,10 +391,13 @@ def _sample_layer(
         mesh=mesh,
         axis_name=axis_name,
     )
+    # The anchors are gathered before the regions are summed: in this order XLA:CPU's
+    # scheduler frees the layer's embedding sooner (BENCHMARKS.md, "Ninth session").
+    anchors = emb.reshape(-1, emb.shape[-1])[sample.index]
     reg, present = region_embeddings(embeddings=emb, labels=lab, num_classes=num_classes)
     class_ids = jnp.arange(num_classes, dtype=jnp.int32)
     return _LayerSample(
-        anchors=emb.reshape(-1, emb.shape[-1])[sample.index],
+        anchors=anchors,
         anchor_labels=sample.labels,
         anchor_valid=sample.valid,
         index=sample.index,
