@@ -22,6 +22,7 @@ def get_config(arg=None):
     c.batch_size = 32
     c.niter, c.niter_decay = 100, 100
     if arg == "smoke":
+        d.num_workers = 0  # tests and CPU demos: no worker start-up on any host
         d.image_size = (64, 128)
         c.model.ngf = c.model.ndf = 8
         c.model.spade_hidden = 16

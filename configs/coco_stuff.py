@@ -24,6 +24,7 @@ def get_config(arg=None):
     c.batch_size = 32
     c.niter, c.niter_decay = 50, 50
     if arg == "smoke":
+        d.num_workers = 0  # tests and CPU demos: no worker start-up on any host
         d.image_size = (64, 64)
         d.load_size = 72
         c.model.ngf = c.model.ndf = 8

@@ -38,6 +38,7 @@ def get_config(arg=None):
     c.checkpoint_every = 100
     c.keep_checkpoints = 1  # the demo workdir stays small (one step of about 65 MB)
     if arg == "smoke":
+        d.num_workers = 0  # tests and CPU demos: no worker start-up on any host
         c.perceptual.enabled = True
         c.perceptual.random_weights = True  # tests exercise the VGG path
         d.image_size = (32, 64)

@@ -48,7 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.edges = "on_the_fly"  # "on_the_fly" (Canny in the pipeline) or "precomputed" (edge/ tree)
     d.train_split = "train"
     d.eval_split = "val"
-    d.num_workers = 0  # grain worker processes
+    # grain worker processes: an integer >= 0, or "auto" = host cores - 1, at most 32, and 0 on
+    # 1-2 cores (data/pipeline.auto_num_workers). object-typed: it takes either kind of value.
+    d.num_workers = ml_collections.FieldReference("auto", field_type=object)
     d.prefetch = 2
     d.synthetic_num_images = 256  # size of the embedded synthetic dataset
     d.synthetic_eval_images = 16
@@ -69,6 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
     # recomputation, bit-packed VGG masks, memory ties in the step. "auto": on when the mesh the
     # function is compiled for is made of CPU devices; "on"/"off" force it. Same values.
     r.cpu_kernels = "auto"
+    # Rematerialisation (training/remat.py), on any backend: "none" keeps every activation for
+    # the backward pass; "spade" recomputes each SPADE layer, "blocks" each generator residual
+    # block, there. Less memory for more FLOPs (`python -m ecgan_jax.plan` shows both).
+    r.remat = "none"
     # XLA:CPU code generation for the train step only (ignored on GPU/TPU). False compiles its
     # fused elementwise ops with XLA's LLVM IR emitters instead of its newer MLIR fusion
     # emitters (XLA's default), which keep every kernel in memory until the end of the compile;
@@ -99,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
     p.weights_path = ""  # .npz made by `python -m ecgan_jax.models.vgg --convert`
     p.random_weights = False  # tests/demos only: a randomly initialised VGG19
     p.imagenet_normalize = False
+    # VGG19's computation dtype, float32 or bfloat16, independent of model.dtype (its params
+    # stay float32). float32 by default: the loss compares small feature differences
+    # (docs/DESIGN.md §D.7, "numerics"; BENCHMARKS.md "bf16").
+    p.dtype = "float32"
 
     # --- contrastive learning (docs/DESIGN.md §D.3) ---
     c.contrastive = cl = ml_collections.ConfigDict()
@@ -166,7 +176,7 @@ def _is_number(v) -> bool:
 # (field, test, allowed) of every numeric field with a range; `c` is the whole config.
 _INT_AT_LEAST = {
     "model.ngf": 1, "model.ndf": 1, "model.num_D": 1, "model.n_layers_D": 1,
-    "model.spade_hidden": 1, "dataset.label_nc": 1, "dataset.num_workers": 0,
+    "model.spade_hidden": 1, "dataset.label_nc": 1,
     "dataset.prefetch": 0, "dataset.synthetic_num_images": 1, "dataset.synthetic_eval_images": 1,
     "dataset.unknown_label": -1, "dataset.load_size": 1, "batch_size": 1, "niter": 0,
     "niter_decay": 0, "contrastive.dim": 1, "contrastive.num_anchors": 1,
@@ -190,7 +200,8 @@ _CHOICES = {
     "dataset.preprocess": ("fixed", "resize_and_crop"),
     "dataset.edges": ("on_the_fly", "precomputed"),
     "model.num_upsampling_layers": tuple(UPSAMPLING_LAYERS), "model.dtype": DTYPES,
-    "runtime.cpu_kernels": ("auto", "on", "off"),
+    "perceptual.dtype": DTYPES,
+    "runtime.cpu_kernels": ("auto", "on", "off"), "runtime.remat": ("none", "spade", "blocks"),
 }  # fmt: skip
 
 
@@ -215,6 +226,17 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
         v = get_field(config, field)
         if not _is_int(v) or v < low:
             bad(field, v, f"an integer >= {low}")
+    workers = config.dataset.num_workers
+    if not (
+        workers == "auto"
+        or (_is_int(workers) and workers >= 0)
+        or (isinstance(workers, str) and workers.strip().isdigit())
+    ):
+        bad(
+            "dataset.num_workers",
+            workers,
+            "'auto' (host cores - 1, at most 32; 0 on 1-2 cores) or an integer >= 0",
+        )
     for field, low in _FLOAT_AT_LEAST.items():
         v = get_field(config, field)
         if not _is_number(v) or not low <= v < float("inf"):
