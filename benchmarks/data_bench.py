@@ -12,12 +12,12 @@ Sources:
   `dataset.source="files"`: PNG decode, BICUBIC/NEAREST resize to `--size`, Canny on the fly.
 * `preprocessed`: the same fake tree, prepared once (timed separately, as "build") into the
   project's TFDS builder (`data/tfds_builder.py`, array_record) and read with
-  `dataset.source="tfds"`, `dataset.edges="precomputed"`. The builder stores each file's bytes
-  as given, so `--tfds_images=resized` (the default) first writes the tree resized to `--size`
-  (BICUBIC images, NEAREST labels and instances: what the pipeline would do to them) and builds
-  from that: training then decodes small PNGs, resizes nothing and runs no Canny, and its
-  batches equal the PNG path's. `--tfds_images=original` builds from the full-size files (only
-  Canny is saved).
+  `dataset.source="tfds"`, `dataset.edges="precomputed"`. `--tfds_images=resized` (the
+  default) builds with `stored="resized"`: the builder stores every modality at `--size`
+  (BICUBIC images, NEAREST labels and instances: what the pipeline would do to them), so
+  training decodes small PNGs, resizes nothing and runs no Canny, and its batches equal the PNG
+  path's. `--tfds_images=original` builds with `stored="original"`, the full-size file bytes
+  (only Canny is saved).
 
 Per worker count, after a warm-up of one batch per worker plus one (worker start-up, first
 decodes; reported as "start-up"), `--batches` batches are timed. Columns: images/s (wall
@@ -40,13 +40,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ecgan_jax.config_lib import base_config  # noqa: E402
-from ecgan_jax.data import layouts, make_train_iterator, transforms  # noqa: E402
+from ecgan_jax.data import make_train_iterator  # noqa: E402
 from ecgan_jax.data.fake_trees import write_split  # noqa: E402
 
 HAVE_PROC = os.path.isdir("/proc/self")
@@ -126,30 +123,6 @@ def run(config, batches: int) -> dict:
     }
 
 
-def write_resized_tree(name: str, root: str, out_root: str, split: str, size) -> int:
-    """Writes split `split` of `root` resized to `size` = (H, W) under `out_root`, same layout:
-    images BICUBIC (PNG, lossless), label and instance maps NEAREST in their own bit depth.
-    Returns the number of examples."""
-    examples = layouts.list_examples(name, root, split)
-    for ex in examples:
-        for kind in ("image", "label", "instance"):
-            path = getattr(ex, kind)
-            if path is None:
-                continue
-            img = transforms.open_image(path, path)
-            if kind == "image":
-                out = transforms.resize_bicubic(img.convert("RGB"), size)
-            else:
-                small = transforms.resize_nearest(transforms.int_map(img, kind, path), size)
-                if small.min() < 0 or small.max() >= 2**16:
-                    raise ValueError(f"{path}: values outside a 16-bit PNG's 0..65535")
-                out = Image.fromarray(small.astype(np.uint8 if img.mode == "L" else np.uint16))
-            target = os.path.join(out_root, os.path.relpath(path, root))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            out.save(target)
-    return len(examples)
-
-
 def build_preprocessed(root: str, work: str, size, *, resized: bool = True) -> dict:
     """Prepares the Cityscapes tree `root` with the TFDS builder under `work`; returns the
     config.dataset fields that read it and the build times (seconds)."""
@@ -159,21 +132,17 @@ def build_preprocessed(root: str, work: str, size, *, resized: bool = True) -> d
 
     tfds.disable_progress_bar()
     t0 = time.perf_counter()
-    manual = root
-    if resized:
-        manual = os.path.join(work, "resized")
-        write_resized_tree("cityscapes", root, manual, "train", size)
-    t1 = time.perf_counter()
     h, w = (int(v) for v in size)
-    name = f"bench_{'resized' if resized else 'original'}_{h}x{w}"
-    cfg = EcganBuilderConfig(name=name, dataset="cityscapes", splits=("train",), image_size=(h, w))
+    stored = "resized" if resized else "original"
+    name = f"bench_{stored}_{h}x{w}"
+    cfg = EcganBuilderConfig(name=name, dataset="cityscapes", splits=("train",), image_size=(h, w),
+                             stored=stored)  # fmt: skip
     data_dir = os.path.join(work, "tfds")
-    prepare(cfg, manual, data_dir)
-    t2 = time.perf_counter()
+    prepare(cfg, root, data_dir)
     fields = dict(
         source="tfds", root=data_dir, tfds_name=f"ecgan_dataset/{name}", edges="precomputed"
     )
-    return {"fields": fields, "resize_s": t1 - t0, "tfds_s": t2 - t1}
+    return {"fields": fields, "tfds_s": time.perf_counter() - t0}
 
 
 def cityscapes_config(root: str, batch: int, size):
@@ -218,9 +187,9 @@ def main(argv=None) -> None:
         if a.source == "preprocessed":
             built = build_preprocessed(root, tmp.name, size, resized=a.tfds_images == "resized")
             c.dataset.update(**built["fields"])
-            print(f"build ({n} images of {fs[0]}x{fs[1]}, tfds_images={a.tfds_images}): resize "
-                  f"{built['resize_s']:.1f} s, TFDS prepare {built['tfds_s']:.1f} s "
-                  f"({(built['resize_s'] + built['tfds_s']) / n * 1000:.0f} ms/image)")  # fmt: skip
+            ms = built["tfds_s"] / n * 1000
+            print(f"build ({n} images of {fs[0]}x{fs[1]}, tfds_images={a.tfds_images}): TFDS "
+                  f"prepare {built['tfds_s']:.1f} s ({ms:.0f} ms/image)")  # fmt: skip
     print(f"source={a.source} image_size={size} batch={a.batch} timed batches={a.batches}")
     for w in a.workers.split(","):
         c.dataset.num_workers = int(w)
