@@ -2,6 +2,7 @@ r"""Plan a TPU run without a TPU: compile the real train step for a TPU topology
 
     python -m ecgan_jax.plan --config=configs/cityscapes.py --topology=v4-8 \
         [--batch_per_chip=1 | --fit] [--hbm_gib=32] [--config.model.dtype=bfloat16] \
+        [--config.runtime.remat=none|spade|blocks] \
         [--json=FILE] [--nocache]
 
 libtpu (`pip install libtpu`, the version `jax[tpu]` pins) compiles for a TPU topology on a
@@ -305,7 +306,8 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
     """Compiles the train step for `topology` at `batch_per_chip`; the per-chip figures.
 
     Returns {memory: {argument, output, alias, temp, generated_code, total} bytes, flops,
-    bytes_accessed, collective_bytes: {op: bytes}, compile_seconds, cpu_kernels}. The HLO
+    bytes_accessed, collective_bytes: {op: bytes}, compile_seconds, cpu_kernels, dtype,
+    remat}. The HLO
     text is not kept (`plan_step.last_hlo` holds the last one compiled in this process).
     """
     from ecgan_jax.sharding import make_mesh
@@ -346,6 +348,8 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
         "collective_bytes": collective_bytes(hlo),
         "compile_seconds": seconds,
         "cpu_kernels": bool(cpu_kernels_enabled(config, mesh)),
+        "dtype": str(config.model.dtype),
+        "remat": str(config.runtime.remat),
     }
 
 
@@ -451,6 +455,7 @@ def format_plan(p: dict) -> str:
     lines = [
         f"plan: {p['topology']} ({p['libtpu_topology']}, {p['chips']} chips), "
         f"batch {p['batch_per_chip']}/chip = {p['global_batch']} global; "
+        f"{p.get('dtype', '?')}, remat {p.get('remat', '?')}, "
         f"CPU machinery {'ON' if p['cpu_kernels'] else 'off'}",
         "per chip (XLA's figures for the partitioned step):",
         f"  arguments       {_gib(m['argument'])}",

@@ -19,7 +19,9 @@ the batch sharded on the mesh's `data` axis and the state donated:
 Samples are stacked b-major ((B, k) -> B·k) so that each device's slice of the stacked batch is
 made of its own slice of the input batch: stacking needs no communication on the mesh.
 Randomness: `fold_in(state.rng, state.step)`. Backend hooks (`runtime`, an
-`ecgan_jax.xla_cpu.Runtime`) change how the step is compiled, never its values.
+`ecgan_jax.xla_cpu.Runtime`) and the rematerialisation policy (`config.runtime.remat`,
+`training.remat`), both applied in `make_train_step`, change how the step is compiled, never
+its values.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import optax
 from ecgan_jax import losses as L
 from ecgan_jax.models.encoding import contrastive_labels, encode_labels, num_contrastive_classes
 from ecgan_jax.sharding import batch_sharding, replicated
+from ecgan_jax.training import remat
 from ecgan_jax.training.state import Models, TrainState
 from ecgan_jax.xla_cpu.runtime import Runtime
 
@@ -286,7 +289,7 @@ def make_train_step(
         settings=StepSettings.from_config(config, use_vgg),
         **dict(tx_g=tx_g, tx_d=tx_d, vgg=vgg, schedules=schedules, runtime=runtime),
     )
-    return runtime.wrap(step)
+    return runtime.wrap(remat.wrap(config.runtime.remat, step))
 
 
 def jit_train_step(train_step, mesh, state_shardings, vgg_shardings=None, compiler_options=None):

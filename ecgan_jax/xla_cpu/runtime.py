@@ -22,11 +22,9 @@ and, for the step itself, `abs` (the perceptual L1's |x| with a bit-packed backw
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
-import threading
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -37,6 +35,7 @@ from ecgan_jax.models.heads import ProjectionHead
 from ecgan_jax.models.layers import Conv2d
 from ecgan_jax.models.spade import SPADE
 from ecgan_jax.models.vgg import VGG19Features
+from ecgan_jax.training.remat import call_purely
 from ecgan_jax.xla_cpu import bitmask
 from ecgan_jax.xla_cpu.conv import conv2d
 from ecgan_jax.xla_cpu.recompute import recompute_in_backward
@@ -125,18 +124,7 @@ def seed_after(loss):
 
 # --- the method interceptor ---------------------------------------------------------------
 
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def _plain_recompute_target():
-    """Inside a recomputed module's own function: run it plainly (no second recompute)."""
-    before = getattr(_local, "inside", False)
-    _local.inside = True
-    try:
-        yield
-    finally:
-        _local.inside = before
+_RECOMPUTE = "xla_cpu:recompute"  # the token of calls inside a recomputed module
 
 
 def _conv(module: Conv2d, x, kernel, divisor=None):
@@ -160,42 +148,14 @@ def _conv(module: Conv2d, x, kernel, divisor=None):
     return y
 
 
-def _is_array(a) -> bool:
-    return isinstance(a, jax.Array) or hasattr(a, "__jax_array__")
+def _recomputed(module: nn.Module, next_fun, args, kwargs):
+    """`module(*args, **kwargs)` keeping only its inputs and variables for the backward pass;
+    the inputs' gradients leave only once the parameters' gradients exist (`release_after`)."""
 
+    def transform(pure):
+        return recompute_in_backward(pure, release_after=(0,))
 
-def _recomputed(next_fun, module: nn.Module, args, kwargs):
-    """`module(*args, **kwargs)` keeping only its inputs and variables for the backward pass.
-
-    The module runs as a pure function of (params, other variables, array args) through a
-    clone of itself; its mutated collections (SPADE's BatchNorm statistics) are written back.
-    The inputs' gradients leave only once the parameters' gradients exist (`release_after`).
-    """
-    if module.is_initializing() or getattr(_local, "inside", False):
-        return next_fun(*args, **kwargs)
-    variables = dict(module.variables)
-    params = variables.pop("params", {})
-    mutable = [c for c in variables if module.is_mutable_collection(c)]
-    plain = module.clone(parent=None)
-    arrays = [i for i, a in enumerate(args) if _is_array(a)]
-
-    def pure(params, others, *array_args):
-        full = list(args)
-        for i, a in zip(arrays, array_args, strict=True):
-            full[i] = a
-        with _plain_recompute_target():
-            result = plain.apply(
-                {"params": params, **others}, *full, mutable=mutable or False, **kwargs
-            )
-        return result if mutable else (result, {})
-
-    out, updates = recompute_in_backward(pure, release_after=(0,))(
-        params, variables, *[args[i] for i in arrays]
-    )
-    for collection, tree in updates.items():
-        for name, value in tree.items():
-            module.put_variable(collection, name, value)
-    return out
+    return call_purely(module, next_fun, args, kwargs, transform, _RECOMPUTE)
 
 
 _SPADE_SIGNATURE = inspect.signature(SPADE.__call__)
@@ -208,9 +168,9 @@ def _intercept(next_fun, args, kwargs, context):
     if isinstance(module, SPADE) and method == "__call__":
         bound = _SPADE_SIGNATURE.bind(module, *args, **kwargs)
         if bound.arguments["train"]:
-            return _recomputed(next_fun, module, args, kwargs)
+            return _recomputed(module, next_fun, args, kwargs)
     if isinstance(module, ProjectionHead) and method == "__call__":
-        return _recomputed(next_fun, module, args, kwargs)
+        return _recomputed(module, next_fun, args, kwargs)
     if isinstance(module, VGG19Features):
         if method == "relu":
             return bitmask.relu(*args)
