@@ -23,6 +23,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -54,18 +55,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VGG19Features(nn.Module):
-    """VGG19 `features[0:30]` (NHWC, float32), frozen: its params are an input, never trained.
+    """VGG19 `features[0:30]` (NHWC), frozen: its params are an input, never trained.
 
     Attributes:
       imagenet_normalize: False (default, the authors' code): feed the raw [-1, 1] input.
         True: map [-1, 1] to [0, 1], then (x − ImageNet mean) / std per channel.
+      dtype: computation dtype (`config.perceptual.dtype`): float32 (default) or bfloat16;
+        the params stay float32.
 
-    Call: `(B, H, W, 3)` image (any float dtype, computed in float32) -> list of the five
+    Call: `(B, H, W, 3)` image (any float dtype, computed in `dtype`) -> list of the five
     feature maps `(B, H, W, 64)`, `(B, H/2, W/2, 128)`, `(B, H/4, W/4, 256)`,
     `(B, H/8, W/8, 512)`, `(B, H/16, W/16, 512)` (floor division, as PyTorch's max-pool).
     """
 
     imagenet_normalize: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> list[jax.Array]:
@@ -76,6 +80,7 @@ class VGG19Features(nn.Module):
             mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
             std = jnp.asarray(IMAGENET_STD, jnp.float32)
             x = ((x + 1.0) * 0.5 - mean) / std
+        x = x.astype(self.dtype)
         outputs = []
         for index, _, out_ch in VGG19_CONVS:
             if index in _POOL_BEFORE:
@@ -84,7 +89,7 @@ class VGG19Features(nn.Module):
                 out_ch,
                 (3, 3),
                 padding=((1, 1), (1, 1)),
-                dtype=jnp.float32,
+                dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=nn.initializers.he_normal(),
                 name=f"conv{index}",

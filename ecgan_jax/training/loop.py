@@ -97,7 +97,10 @@ def perceptual_network(config):
         return None, None
     from ecgan_jax.models import vgg as vgg_lib
 
-    module = vgg_lib.VGG19Features(imagenet_normalize=bool(p.imagenet_normalize))
+    module = vgg_lib.VGG19Features(
+        imagenet_normalize=bool(p.imagenet_normalize),
+        dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[p.dtype],
+    )
     if p.weights_path:
         params = vgg_lib.load_vgg19_params(p.weights_path)
         logging.info("perceptual loss: VGG19 weights from %s", p.weights_path)
