@@ -1,8 +1,10 @@
 """bfloat16 that is known to work (`model.dtype`, `perceptual.dtype`; docs/DESIGN.md §D.8).
 
-The smoke config trained for 30 steps in float32 and in bfloat16 from the same initial state
-and the same batches: the bf16 losses follow the float32 ones, the state stays float32, and
-the convolutions that run in bf16 are the ones the config asks for.
+The tests' demo config (tests/train_configs.py: synthetic smoke on 2 devices, VGG off; its
+float32 step is shared with the other training tests of the xdist group) trained for 30 steps
+in float32 and in bfloat16 from the same initial state and the same batches: the bf16 losses
+follow the float32 ones and the state stays float32. The smoke config with VGG, lowered only,
+shows which convolutions run in bf16.
 """
 
 from __future__ import annotations
@@ -13,40 +15,47 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_configs import demo_config
 
 from ecgan_jax.config_lib import load_config
 from ecgan_jax.data.pseudo import pseudo_batch
 from ecgan_jax.sharding import global_batch, make_mesh
 from ecgan_jax.training.loop import build_trainer
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bf16")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_step")]
 STEPS = 30
-# Step 0 (same state, same batch): every loss term within 0.5% (measured: 0.12% at most).
+# Step 0 (same state, same batch): every loss term within 0.5% (measured: 0.14% at most).
 STEP0_RTOL = 0.005
-STEP0 = ("g/total", "d/total", "g/adv_final", "g/feat_final", "g/vgg_final", "g/contrastive_pixel")
+STEP0 = ("g/total", "d/total", "g/adv_final", "g/feat_final", "g/contrastive_pixel")
 # Then the two runs drift apart as two GAN runs do (and as two float32 runs with another
 # reduction order would: the per-step gaps differ from run to run). The aggregate losses must
 # follow: relative gap over steps 1-3, on any step, and of the 30-step means. Measured on the
-# 2-core CPU, 2026-12-03: at most 3.9%, 21%, 1.5% (BENCHMARKS.md "bf16").
-EARLY_RTOL, STEP_RTOL, MEAN_RTOL = 0.08, 0.5, 0.04
-FOLLOWED = ("g/total", "d/total", "g/vgg_final", "g/contrastive_pixel", "g/contrastive_class")
+# 2-core CPU, 2026-12-03: at most 4.1%, 21%, 3.0% (BENCHMARKS.md "bf16"): about half the bounds.
+EARLY_RTOL, STEP_RTOL, MEAN_RTOL = 0.1, 0.5, 0.08
+FOLLOWED = ("g/total", "d/total", "g/contrastive_pixel", "g/contrastive_class")
 
 
 def smoke(dtype="float32", vgg_dtype="float32"):
     config = load_config("configs/synthetic.py:smoke")
-    config.runtime.cpu_kernels = "off"  # numerics, not the CPU path; compiles faster
+    config.runtime.cpu_kernels = "off"  # lowered only: the plain step
     config.niter_decay = 0
     config.model.dtype = dtype
     config.perceptual.dtype = vgg_dtype
     return config
 
 
-def _trainer(config):
-    return build_trainer(config, make_mesh(jax.devices()[:1]), dataset_size=8)
+def _trainer(config, devices=1):
+    return build_trainer(config, make_mesh(jax.devices()[:devices]), dataset_size=8)
+
+
+def demo(dtype):
+    config = demo_config()
+    config.model.dtype = dtype
+    return config
 
 
 def _train(config):
-    trainer = _trainer(config)
+    trainer = _trainer(config, devices=2)
     state, history = trainer.init_state(), []
     initial = jax.device_get(state)
     for i in range(STEPS):
@@ -58,7 +67,7 @@ def _train(config):
 
 @pytest.fixture(scope="module")
 def runs():
-    return {dtype: _train(smoke(dtype)) for dtype in ("float32", "bfloat16")}
+    return {dtype: _train(demo(dtype)) for dtype in ("float32", "bfloat16")}
 
 
 def test_same_initial_state(runs):
