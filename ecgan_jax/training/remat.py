@@ -10,10 +10,11 @@
 
 The model is not touched: `wrap(policy, fn)` traces `fn` under a Flax method interceptor that
 runs the named modules through `jax.checkpoint`, the way maxtext applies one remat policy to
-its decoder layers. Values are the same under every policy; `python -m ecgan_jax.plan` shows
-the memory and FLOPs of each (BENCHMARKS.md, "Planner"). On XLA:CPU, `jax.checkpoint` is
-undone by the compiler's common-subexpression elimination; the CPU runtime recomputes SPADE
-its own way (`xla_cpu.recompute`), so "spade" adds nothing there.
+its decoder layers. Values are the same under every policy; `python -m ecgan_jax.plan` and
+`benchmarks/remat_plan.py` show the memory and FLOPs of each (BENCHMARKS.md,
+"Rematerialisation"). On XLA:CPU, `jax.checkpoint` is undone by the compiler's
+common-subexpression elimination; the CPU runtime recomputes SPADE its own way
+(`xla_cpu.recompute`), so "spade" adds nothing there.
 
 `call_purely` is the shared piece: a module call turned into a pure function of its
 variables and array arguments, to which a transform (`jax.checkpoint`, or the CPU runtime's
