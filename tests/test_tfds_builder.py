@@ -80,16 +80,17 @@ def test_cityscapes_tfds_equals_files(tmp_path, edges):
 
 
 def test_custom_tfds_resume_and_missing_dataset(tmp_path):
-    from ecgan_jax.data.tfds_builder import prepare
+    from ecgan_jax.data.tfds_builder import EcganBuilderConfig, prepare
 
     tfds.disable_progress_bar()
     root, data_dir = tmp_path / "mine", tmp_path / "tfds"
     write_split("custom", root, "train", [f"t{i}" for i in range(5)], size=(8, 8), label_nc=5,
                 with_instances=True)  # fmt: skip
     write_split("custom", root, "val", ["v0"], size=(8, 8), label_nc=5, with_instances=True)
-    prepare("custom", str(root), str(data_dir))
+    # Built for the size it is read at (records stored resized; another size is refused).
+    prepare(EcganBuilderConfig(name="custom8", image_size=(8, 8)), str(root), str(data_dir))
     c = _config("custom", data_dir, "tfds", image_size=(8, 8), label_nc=5, preprocess="fixed",
-                load_size=8, edges="precomputed")  # fmt: skip
+                load_size=8, edges="precomputed", tfds_name="ecgan_dataset/custom8")  # fmt: skip
     it = make_train_iterator(c, process_index=0, process_count=1)
     next(it)
     state = it.get_state()
@@ -231,3 +232,26 @@ def test_stored_mode_is_checked_and_mismatched_maps_fail_the_build(tmp_path):
                              image_size=(4, 4))  # fmt: skip
     with pytest.raises(DatasetError, match=r"b\.png.*\(H, W\) = \(8, 6\)"):
         prepare(cfg, str(root), str(tmp_path / "tfds"))
+
+
+def test_records_stored_for_other_sizes_are_refused(tmp_path):
+    """A dataset stored resized records what for (metadata.json); reading it with other
+    sizes would resize the small stored copy again: refused, naming the fields."""
+    from ecgan_jax.data.sources import make_source
+    from ecgan_jax.data.tfds_builder import EcganBuilderConfig, prepare
+
+    tfds.disable_progress_bar()
+    root, data_dir = tmp_path / "cityscapes", tmp_path / "tfds"
+    stems = [f"aachen_000000_0000{i:02d}" for i in range(2)]
+    for split in ("train", "val"):
+        write_split("cityscapes", root, split, stems, size=(24, 40), label_nc=34)
+    cfg = EcganBuilderConfig(name="cs_sizes", dataset="cityscapes", image_size=(8, 16))
+    prepare(cfg, str(root), str(data_dir))
+    name = "ecgan_dataset/cs_sizes"
+    good = _config("cityscapes", data_dir, "tfds", tfds_name=name, image_size=(8, 16), label_nc=35)
+    assert len(make_source(good, train=True)) == 2
+    bad = _config("cityscapes", data_dir, "tfds", tfds_name=name, image_size=(16, 32), label_nc=35)
+    with pytest.raises(
+        ValueError, match=r"dataset.image_size = \[16, 32\] \(built for \[8, 16\]\)"
+    ):
+        make_source(bad, train=False)

@@ -104,6 +104,13 @@ class TfdsSource:
     def __len__(self) -> int:
         return len(self.source)
 
+    def built_for(self) -> dict | None:
+        """The builder's record of what it stored (`stored`, `image_size`, `preprocess`,
+        `load_size`, `train_split`), or None for data prepared before builder 1.1.0."""
+        info = getattr(self.source, "dataset_info", None)
+        meta = getattr(info, "metadata", None)
+        return dict(meta) if meta and "stored" in meta else None
+
     def __getitem__(self, index: int) -> dict:
         r = self.source[int(index)]
         stem = _text(r["stem"])
@@ -128,6 +135,28 @@ def tfds_name(config) -> str:
     return str(d.get("tfds_name", "") or f"{TFDS_BUILDER_NAME}/{d.name}")
 
 
+def check_stored_sizes(config, source: TfdsSource) -> None:
+    """Refuses records stored resized for other sizes than `config.dataset` asks for: the
+    pipeline would resize them a second time, from the smaller stored copy."""
+    built = source.built_for()
+    if not built or built["stored"] != "resized":
+        return
+    d = config.dataset
+    fields = {"image_size": [int(v) for v in d.image_size], "preprocess": str(d.preprocess)}
+    if d.preprocess == "resize_and_crop" or built["preprocess"] == "resize_and_crop":
+        fields["load_size"] = int(d.load_size)
+    wrong = [
+        f"dataset.{k} = {v!r} (built for {built[k]!r})" for k, v in fields.items() if v != built[k]
+    ]
+    if wrong:
+        raise ValueError(
+            f"TFDS dataset {source.tfds_name!r} in {source.data_dir!r} stores images resized "
+            f"for other sizes than the config asks: {'; '.join(wrong)}. Set these fields to "
+            "the dataset's, or prepare it again for these sizes (python -m "
+            "ecgan_jax.data.tfds_builder)"
+        )
+
+
 def make_source(config, *, train: bool):
     """The raw-record source of the training (`train=True`) or eval split of `config.dataset`."""
     d = config.dataset
@@ -141,7 +170,9 @@ def make_source(config, *, train: bool):
         return SyntheticSource(n, d.image_size, seed=int(config.seed), stream=0 if train else 1)
     split = str(d.train_split if train else d.eval_split)
     if d.source == "tfds":
-        return TfdsSource(tfds_name(config), split, str(d.root))
+        source = TfdsSource(tfds_name(config), split, str(d.root))
+        check_stored_sizes(config, source)
+        return source
     if d.source != "files":
         raise ValueError(
             f"config field 'dataset.source' = {d.source!r} is invalid; allowed: files, tfds"

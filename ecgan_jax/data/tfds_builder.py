@@ -181,8 +181,18 @@ class EcganDataset(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         data = tfds.features.Tensor(shape=(), dtype=np.object_)
+        c = self.builder_config
         return tfds.core.DatasetInfo(
             builder=self,
+            # What the records were made for (metadata.json): the reader refuses to resize
+            # records stored resized to other sizes (`sources.check_stored_sizes`).
+            metadata=tfds.core.MetadataDict(
+                stored=c.stored,
+                image_size=[int(v) for v in c.image_size],
+                preprocess=c.preprocess,
+                load_size=int(c.load_size),
+                train_split=c.train_split,
+            ),
             description="ECGAN semantic image synthesis data: "
             + (self.builder_config.description or self.builder_config.dataset),
             features=tfds.features.FeaturesDict(
