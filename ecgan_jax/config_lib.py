@@ -12,6 +12,7 @@ losses take plain typed arguments.
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import os
 import sys
 
@@ -205,6 +206,25 @@ _CHOICES = {
 }  # fmt: skip
 
 
+MAX_AUTO_WORKERS = 32
+
+
+def num_workers_setting(value) -> int | str:
+    """`dataset.num_workers` checked: an int >= 0 (digits from a command-line override become
+    one) or "auto" (resolved per host by `data.pipeline.resolve_num_workers`); else
+    ConfigError."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ConfigError(
+        f"config field 'dataset.num_workers' = {value!r} is invalid; allowed: 'auto' (host "
+        f"cores - 1, at most {MAX_AUTO_WORKERS}; 0 on 1-2 cores) or an integer >= 0"
+    )
+
+
 def get_field(config: ml_collections.ConfigDict, field: str):
     node = config
     for part in field.split("."):
@@ -226,17 +246,10 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
         v = get_field(config, field)
         if not _is_int(v) or v < low:
             bad(field, v, f"an integer >= {low}")
-    workers = config.dataset.num_workers
-    if not (
-        workers == "auto"
-        or (_is_int(workers) and workers >= 0)
-        or (isinstance(workers, str) and workers.strip().isdigit())
-    ):
-        bad(
-            "dataset.num_workers",
-            workers,
-            "'auto' (host cores - 1, at most 32; 0 on 1-2 cores) or an integer >= 0",
-        )
+    try:
+        num_workers_setting(config.dataset.num_workers)
+    except ConfigError as e:
+        out.append(str(e))
     for field, low in _FLOAT_AT_LEAST.items():
         v = get_field(config, field)
         if not _is_number(v) or not low <= v < float("inf"):

@@ -38,13 +38,12 @@ import grain
 import jax
 import numpy as np
 
-from ecgan_jax.config_lib import ConfigError
+from ecgan_jax.config_lib import MAX_AUTO_WORKERS, num_workers_setting
 from ecgan_jax.data.sources import make_source
 from ecgan_jax.data.transforms import DataSpec, ExampleTransform
 
 STATE_VERSION = 1
 KEYS = ("label", "instance", "image", "edge", "stem")
-MAX_AUTO_WORKERS = 32
 
 
 def host_cores() -> int:
@@ -66,21 +65,13 @@ def auto_num_workers(cores: int) -> int:
 
 
 def resolve_num_workers(value, *, cores: int | None = None) -> int:
-    """`dataset.num_workers` as a grain worker count: an integer >= 0 (or its digits, as a
-    command-line override gives it) as is, or "auto", `auto_num_workers(cores)`.
-
-    `cores` defaults to `host_cores()`.
-    """
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    """`dataset.num_workers` as a grain worker count: an integer >= 0 as is, "auto" as
+    `auto_num_workers(cores)` (`cores` defaults to `host_cores()`); the check and its error
+    are `config_lib.num_workers_setting`'s."""
+    value = num_workers_setting(value)
     if value == "auto":
         return auto_num_workers(host_cores() if cores is None else int(cores))
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(
-            f"config field 'dataset.num_workers' = {value!r} is invalid; allowed: 'auto' "
-            f"(host cores - 1, at most {MAX_AUTO_WORKERS}; 0 on 1-2 cores) or an integer >= 0"
-        )
-    return int(value)
+    return value
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:

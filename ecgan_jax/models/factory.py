@@ -8,9 +8,11 @@ from ecgan_jax import config_lib
 from ecgan_jax.models.discriminator import MultiscaleDiscriminator
 from ecgan_jax.models.generator import Generator
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 def compute_dtype(config):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+    return DTYPES[config.model.dtype]
 
 
 def build_generator(config) -> Generator:

@@ -95,11 +95,12 @@ def perceptual_network(config):
     if not p.enabled or float(config.lambda_vgg) == 0:
         logging.info("perceptual (VGG) loss disabled")
         return None, None
+    from ecgan_jax.models import factory
     from ecgan_jax.models import vgg as vgg_lib
 
     module = vgg_lib.VGG19Features(
         imagenet_normalize=bool(p.imagenet_normalize),
-        dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[p.dtype],
+        dtype=factory.DTYPES[p.dtype],
     )
     if p.weights_path:
         params = vgg_lib.load_vgg19_params(p.weights_path)

@@ -98,23 +98,24 @@ def check_policy(policy: str) -> str:
 
 
 @functools.cache
-def _train_flag(cls: type) -> Callable:
-    signature = inspect.signature(cls.__call__)
-    return lambda module, args, kwargs: bool(
-        signature.bind(module, *args, **kwargs).arguments["train"]
-    )
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.__call__)
+
+
+def is_training_call(module: nn.Module, args, kwargs) -> bool:
+    """Whether this call of `module` (a SPADE or SPADE block: a `train` argument) trains."""
+    return bool(_signature(type(module)).bind(module, *args, **kwargs).arguments["train"])
 
 
 def _interceptor(target: type) -> Callable:
     token = f"remat:{target.__name__}"
-    training = _train_flag(target)
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
         if (
             context.method_name == "__call__"
             and isinstance(module, target)
-            and training(module, args, kwargs)
+            and is_training_call(module, args, kwargs)
         ):
             return call_purely(module, next_fun, args, kwargs, jax.checkpoint, token)
         return next_fun(*args, **kwargs)

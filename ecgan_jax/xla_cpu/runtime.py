@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -35,7 +34,7 @@ from ecgan_jax.models.heads import ProjectionHead
 from ecgan_jax.models.layers import Conv2d
 from ecgan_jax.models.spade import SPADE
 from ecgan_jax.models.vgg import VGG19Features
-from ecgan_jax.training.remat import call_purely
+from ecgan_jax.training.remat import call_purely, is_training_call
 from ecgan_jax.xla_cpu import bitmask
 from ecgan_jax.xla_cpu.conv import conv2d
 from ecgan_jax.xla_cpu.recompute import recompute_in_backward
@@ -158,16 +157,12 @@ def _recomputed(module: nn.Module, next_fun, args, kwargs):
     return call_purely(module, next_fun, args, kwargs, transform, _RECOMPUTE)
 
 
-_SPADE_SIGNATURE = inspect.signature(SPADE.__call__)
-
-
 def _intercept(next_fun, args, kwargs, context):
     module, method = context.module, context.method_name
     if isinstance(module, Conv2d) and method == "convolve":
         return _conv(module, *args, **kwargs)
     if isinstance(module, SPADE) and method == "__call__":
-        bound = _SPADE_SIGNATURE.bind(module, *args, **kwargs)
-        if bound.arguments["train"]:
+        if is_training_call(module, args, kwargs):
             return _recomputed(module, next_fun, args, kwargs)
     if isinstance(module, ProjectionHead) and method == "__call__":
         return _recomputed(module, next_fun, args, kwargs)
