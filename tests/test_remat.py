@@ -8,6 +8,7 @@ minutes here, too long for the suite).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -23,12 +24,19 @@ from ecgan_jax.training import remat
 SPADES, BLOCKS = 7 * 2 + 4, 7
 
 
-def _generator_loss(ngf=4, size=(32, 64)):
-    """(loss(params) -> (scalar, new statistics), params) of a tiny generator in training."""
+@functools.cache
+def _generator_variables(ngf=4, size=(32, 64)):
+    """(generator, label map, variables), initialised once and under jit (eager init is slow)."""
     rng = np.random.default_rng(0)
     seg = jax.nn.one_hot(jnp.asarray(rng.integers(0, 6, size=(2, *size))), 6)
     gen = Generator(label_nc=5, semantic_nc=6, ngf=ngf, spade_hidden=8)
-    variables = gen.init(jax.random.key(0), seg, train=False)
+    variables = jax.jit(lambda key, x: gen.init(key, x, train=False))(jax.random.key(0), seg)
+    return gen, seg, variables
+
+
+def _generator_loss():
+    """(loss(params) -> (scalar, new statistics), params) of a tiny generator in training."""
+    gen, seg, variables = _generator_variables()
     stats = {k: v for k, v in variables.items() if k != "params"}
 
     def loss(params):
@@ -46,8 +54,8 @@ def _generator_grad(policy, runtime=None):
 
     loss, params = _generator_loss()
     fn = (runtime or Runtime()).wrap(remat.wrap(policy, loss))
-    grad = jax.value_and_grad(fn, has_aux=True)
-    return jax.jit(grad)(params), str(jax.make_jaxpr(grad)(params))
+    traced = jax.jit(jax.value_and_grad(fn, has_aux=True)).trace(params)  # traced once
+    return traced.lower().compile()(params), str(traced.jaxpr)
 
 
 def _remats(jaxpr_text: str) -> int:

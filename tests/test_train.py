@@ -20,7 +20,9 @@ from ecgan_jax.training.step import jit_train_step
 from ecgan_jax.xla_cpu import runtime_for
 from ecgan_jax.xla_cpu.runtime import seed_after
 
-CONFIGS = ("cityscapes", "ade20k", "coco_stuff", "synthetic")
+# The dataset configs whose smoke step is only traced: Cityscapes runs a real step below and
+# the synthetic smoke config is the one every training test of the "train_step" group compiles.
+TRACED_CONFIGS = ("ade20k", "coco_stuff")
 
 
 def setup_step(config, devices):
@@ -38,27 +40,38 @@ def tree_max_abs_diff(a, b):
     return max(leaves) if leaves else 0.0
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_one_step_every_parameter_group_changes(name):
+STEP_METRICS = (
+    "g/total",
+    "d/total",
+    "g/contrastive_pixel",
+    "g/contrastive_class",
+    "g/similarity",
+    "g/vgg_final",
+    "g/feat_final",
+    "g/adv_final",
+)
+
+
+def one_step_config(name):
     config = load_config(f"configs/{name}.py:smoke")
     config.lambda_sim = 1.0  # exercise the optional similarity loss and label head too
     config.runtime.cpu_kernels = "off"  # compiles faster; the CPU runtime is in the other tests
+    return config
+
+
+def test_one_step_every_parameter_group_changes():
+    """One real step of the Cityscapes smoke config: the widest of the four (instance edges,
+    the seventh up-sampling block, VGG, the similarity head); every trained group moves. The
+    other datasets' steps are traced below (their differences are shapes and channel counts,
+    which tracing checks; a compiled step each cost ~50 s of suite time)."""
+    config = one_step_config("cityscapes")
     mesh, state, step, vgg_params = setup_step(config, jax.devices()[:2])
     before = jax.device_get(state)
     with jax.transfer_guard("disallow"):
         state, metrics = step(state, global_batch(pseudo_batch(config), mesh), vgg_params)
     after = jax.device_get(state)
     metrics = jax.device_get(metrics)
-    for key in (
-        "g/total",
-        "d/total",
-        "g/contrastive_pixel",
-        "g/contrastive_class",
-        "g/similarity",
-        "g/vgg_final",
-        "g/feat_final",
-        "g/adv_final",
-    ):
+    for key in STEP_METRICS:
         assert np.isfinite(metrics[key]), key
     assert metrics["g/contrastive_pixel"] > 0 and metrics["g/contrastive_class"] > 0
     assert int(after.step) == 1
@@ -81,6 +94,30 @@ def test_one_step_every_parameter_group_changes(name):
                 assert not np.array_equal(x, y), f"{group}: {jax.tree_util.keystr(path)} unchanged"
     assert int(np.asarray(after.bank.pixel_valid).sum()) > 0
     assert int(np.asarray(after.bank.region_valid).sum()) > 0
+
+
+@pytest.mark.parametrize("name", TRACED_CONFIGS)
+def test_every_dataset_config_traces_a_step(name):
+    """Each dataset's smoke config builds the trainer and its step traces on a 2-device mesh:
+    the state comes back with every leaf's shape and dtype, and the metrics are the scalars
+    the step reports (no compile: tracing is where a label-channel count or an up-sampling
+    depth that does not fit would fail)."""
+    config = one_step_config(name)
+    trainer = build_trainer(config, make_mesh(jax.devices()[:2]), dataset_size=8)
+    batch = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pseudo_batch(config)
+    )
+    vgg = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.vgg_params
+    )
+    new_state, metrics = jax.eval_shape(trainer.step_fn, trainer.abstract_state, batch, vgg)
+
+    def sig(tree):
+        return jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
+
+    assert sig(new_state) == sig(trainer.abstract_state)
+    assert set(STEP_METRICS) <= set(metrics)
+    assert all(m.shape == () for m in jax.tree_util.tree_leaves(metrics)), sig(metrics)
 
 
 def _get(tree, path):
@@ -282,13 +319,53 @@ def test_build_trainer_reuses_an_equal_trainer_and_copies_the_config():
     config = demo_config()
     mesh = make_mesh(jax.devices()[:2])
     first = build_trainer(config, mesh, dataset_size=8)
-    assert build_trainer(demo_config(), make_mesh(jax.devices()[:2]), dataset_size=8) is first
+    again = build_trainer(demo_config(), make_mesh(jax.devices()[:2]), dataset_size=8)
+    assert again.step_fn is first.step_fn and again.init_fn is first.init_fn
+    # Loop fields and, with a constant lr, the dataset size and run length do not enter the
+    # step: the same step, with the request's own config.
+    loop_only = demo_config(num_train_steps=7, log_every=3, checkpoint_every=5)
+    same = build_trainer(loop_only, mesh, dataset_size=16)
+    assert same.step_fn is first.step_fn and int(same.config.num_train_steps) == 7
     config.lr = 2 * float(config.lr)  # the trainer holds a copy: its config is unchanged
     assert float(first.config.lr) == float(demo_config().lr)
     changed = build_trainer(config, mesh, dataset_size=8)
-    assert changed is not first and float(changed.config.lr) == float(config.lr)
-    assert build_trainer(demo_config(), make_mesh(jax.devices()[2:4]), dataset_size=8) is not first
-    assert build_trainer(demo_config(), mesh, dataset_size=16) is not first
+    assert changed.step_fn is not first.step_fn and float(changed.config.lr) == float(config.lr)
+    other = build_trainer(demo_config(), make_mesh(jax.devices()[2:4]), dataset_size=8)
+    assert other.step_fn is not first.step_fn
+    # A decaying lr does: its length is part of the step.
+    decaying = [demo_config(num_train_steps=n, niter=1, niter_decay=1) for n in (4, 8)]
+    a, b = (build_trainer(c, mesh, dataset_size=8) for c in decaying)
+    assert a.step_fn is not b.step_fn
+
+
+def test_loop_fields_do_not_enter_the_step():
+    """`loop.LOOP_FIELDS`, each changed, trace to the same program as the demo config's."""
+    from ecgan_jax.training import loop as loop_lib
+
+    mesh = make_mesh(jax.devices()[:2])
+    changed = demo_config()
+    new_values = {
+        # The lr stays constant (the decay share of 123 steps rounds to 0): the schedule is
+        # the one part of these fields that does enter the step (`loop._schedule_key`).
+        "num_train_steps": 123, "niter": 1000, "niter_decay": 1, "extend_schedule": True,
+        "num_devices": 4, "log_every": 9, "image_every": 11, "checkpoint_every": 13,
+        "keep_checkpoints": 5, "num_eval_images": 4, "compilation_cache_dir": "/tmp/x",
+        "fid_every": 17, "fid_weights": "w.npz", "fid_num_images": 2, "fid_stats": "s.npz",
+        "keep_best_fid": False,
+    }  # fmt: skip
+    assert set(new_values) == set(loop_lib.LOOP_FIELDS)
+    for name, value in new_values.items():
+        assert changed[name] != value, name
+        changed[name] = value
+    assert loop_lib._schedule_key(changed, 8, None) == ("constant",)
+    texts = []
+    for config in (demo_config(), changed):
+        trainer = loop_lib._build_trainer(config, mesh, dataset_size=8)
+        batch = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pseudo_batch(config)
+        )
+        texts.append(str(trainer.step_fn.trace(trainer.abstract_state, batch, None).jaxpr))
+    assert texts[0] == texts[1]
 
 
 def test_train_step_compiler_options_reach_xla(tmp_path, monkeypatch):

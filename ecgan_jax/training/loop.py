@@ -14,6 +14,7 @@ the best checkpoint in `<workdir>/best` (`ecgan_jax.train_fid`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -153,33 +154,69 @@ class Trainer(NamedTuple):
         return state
 
 
-# Trainers built in this process, newest last: a second `train_and_evaluate` with the same
-# config and devices (a resumed run in a notebook, the tests) reuses the traced and compiled
-# step instead of spending ~20 s tracing and loading it again (the initialiser is compiled
-# again: `Trainer.init_state` frees it after use).
+# Trainers built in this process, newest last: a second `train_and_evaluate` whose step is
+# the same (a resumed or extended run in a notebook, the tests) reuses the traced and compiled
+# step instead of tracing and loading it again (the initialiser is compiled again:
+# `Trainer.init_state` frees it after use).
 _TRAINERS: dict = {}
 _MAX_TRAINERS = 2
+
+# Top-level fields that steer the loop around the train step and never enter it: trainers
+# that differ only in these share one step. The learning-rate schedule, which the step does
+# use, enters the key resolved (`_schedule_key`) instead of its four fields.
+# tests/test_train.py traces the step with every one of them changed: the same program.
+LOOP_FIELDS = (
+    "num_train_steps",
+    "niter",
+    "niter_decay",
+    "extend_schedule",
+    "num_devices",
+    "log_every",
+    "image_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_eval_images",
+    "compilation_cache_dir",
+    "fid_every",
+    "fid_weights",
+    "fid_num_images",
+    "fid_stats",
+    "keep_best_fid",
+)
+
+
+def _schedule_key(config, dataset_size: int, schedule) -> tuple:
+    """The lr schedule the step will follow: a constant one whatever the run's length."""
+    if schedule is None:
+        schedule = run_record.schedule_of(config, total_steps(config, dataset_size))
+    if schedule.decay_steps <= 0 and schedule.extend_from is None:
+        return ("constant",)
+    extended = schedule.extend_from is not None
+    return (schedule.const_steps, schedule.decay_steps, schedule.extend_from,
+            schedule.total if extended else None)  # fmt: skip
 
 
 def build_trainer(config, mesh, dataset_size: int, schedule=None) -> Trainer:
     """Models, optimizers, perceptual network and the jitted, donated train step on `mesh`.
 
     `dataset_size` only sets the learning-rate schedule (`schedule`, a `run_record.Schedule`,
-    replaces it). Shared by `train_and_evaluate`, the
-    tests and the benchmarks. The last two trainers are kept per (config, devices,
-    dataset_size) and returned again for an equal request; the trainer holds its own copy of
-    the config, so later changes to `config` make a new one.
+    replaces it). Shared by `train_and_evaluate`, the tests and the benchmarks. The last two
+    trainers are kept, keyed by the config without its `LOOP_FIELDS`, the devices and the
+    resolved schedule; a request with an equal key gets that trainer's step with a copy of
+    its own config (so later changes to `config` are not seen by the trainer).
     """
+    step_fields = json.loads(config.to_json_best_effort())
+    for name in LOOP_FIELDS:
+        step_fields.pop(name, None)
     key = (
-        config.to_json_best_effort(sort_keys=True),
+        json.dumps(step_fields, sort_keys=True),
         tuple(d.id for d in mesh.devices.flat),
         mesh.axis_names,
-        int(dataset_size),
-        schedule,
+        _schedule_key(config, dataset_size, schedule),
     )
     if key in _TRAINERS:
         _TRAINERS[key] = _TRAINERS.pop(key)  # most recently used last
-        return _TRAINERS[key]
+        return _TRAINERS[key]._replace(config=config.copy_and_resolve_references())
     trainer = _build_trainer(config.copy_and_resolve_references(), mesh, dataset_size, schedule)
     _TRAINERS[key] = trainer
     while len(_TRAINERS) > _MAX_TRAINERS:

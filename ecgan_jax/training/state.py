@@ -203,9 +203,11 @@ def make_init_fn(config, models: Models, tx_g, tx_d, mesh=None):
     evaluation of the initialiser); `Trainer.init_state` drops its executable after each use.
     """
 
+    init_models = _float32_models(config, models)
+
     def init(rng):
         k_init, k_run = jax.random.split(rng)
-        g_params, g_stats, d_params, d_stats = init_variables(config, models, k_init)
+        g_params, g_stats, d_params, d_stats = init_variables(config, init_models, k_init)
         ema = g_params["generator"] if float(config.ema_decay) > 0 else None
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -224,6 +226,17 @@ def make_init_fn(config, models: Models, tx_g, tx_d, mesh=None):
         return jax.jit(init)
     abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
     return jax.jit(init, out_shardings=state_shardings(abstract, mesh))
+
+
+def _float32_models(config, models: Models) -> Models:
+    """The models the initialiser runs: float32 ones. The parameters are float32 whatever
+    `model.dtype` is, and their initial values do not depend on it, so a bfloat16 run starts
+    from the float32 run's state by construction and both compile one initialiser."""
+    if str(config.model.dtype) == "float32":
+        return models
+    float32 = config.copy_and_resolve_references()
+    float32.model.dtype = "float32"
+    return build_models(float32)
 
 
 def state_shardings(state_or_abstract, mesh):
