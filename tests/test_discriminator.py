@@ -262,9 +262,9 @@ def test_image_gradient_equals_the_concatenated_conv_and_skips_the_label_channel
         x = jnp.concatenate([seg, i], -1)
         return np_discriminator(layers, x, xp=jnp, avg_pool=avg_pool_exclude_pad)
 
-    weights = [
+    weights = [  # only the output shapes are needed here: traced, not run op by op
         jnp.asarray(rng.normal(size=o.shape).astype(np.float32))
-        for o in jax.tree_util.tree_leaves(reference(img))
+        for o in jax.tree_util.tree_leaves(jax.eval_shape(reference, img))
     ]
 
     def loss(outs):
