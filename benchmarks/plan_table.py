@@ -1,0 +1,184 @@
+"""The planner table: dataset configs × dtypes × remat policies × TPU slices, one cell at a time.
+
+    python benchmarks/plan_table.py --out=runs/plan_table \
+        [--configs=cityscapes,ade20k,coco_stuff] [--dtypes=float32,bfloat16] \
+        [--remat=none,spade,blocks] [--topologies=v4-8,v5e-8] [--batch_per_chip=1 | --fit] \
+        [--cell_timeout_s=5400]
+
+Each cell is `python -m ecgan_jax.plan ... --json=<out>/cells/<cell>.json` in its own process
+(a full-config TPU compile holds 13-17 GB of host memory on the way; a process per cell gives
+it back) with its own timeout. A cell whose JSON exists is read, not compiled again, so an
+interrupted table resumes where it stopped (and the planner's own cache,
+`~/.cache/ecgan_jax/plans`, serves cells planned before). A failed or timed-out cell is a row
+saying why. After every cell `<out>/plan_table.json` and `<out>/plan_table.md` are rewritten
+with every row so far. The full Cityscapes step takes tens of minutes to compile on 2 cores:
+the whole table (36 cells) is a job for a bigger host or several sessions (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 2**30
+COLUMNS = (
+    "config", "dtype", "remat", "topology", "batch/chip", "fits", "HBM total GiB",
+    "temp GiB", "arguments GiB", "TFLOP/step", "collectives MiB", "roofline ms/step",
+    "compile s", "status",
+)  # fmt: skip
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("an empty list")
+    return items
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="directory of the cells, the JSON and the table")
+    p.add_argument("--configs", type=_csv, default=["cityscapes", "ade20k", "coco_stuff"])
+    p.add_argument("--dtypes", type=_csv, default=["float32", "bfloat16"])
+    p.add_argument("--remat", type=_csv, default=["none", "spade", "blocks"])
+    p.add_argument("--topologies", type=_csv, default=["v4-8", "v5e-8"])
+    p.add_argument("--batch_per_chip", type=int, default=1)
+    p.add_argument("--fit", action="store_true", help="the largest batch that fits, per cell")
+    p.add_argument("--cell_timeout_s", type=float, default=5400.0)
+    a = p.parse_args(argv)
+    for name in a.configs:
+        if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
+            p.error(f"--configs: no configs/{name}.py")
+    for d in a.dtypes:
+        if d not in ("float32", "bfloat16"):
+            p.error(f"--dtypes: {d!r}; allowed: float32, bfloat16")
+    for r in a.remat:
+        if r not in ("none", "spade", "blocks"):
+            p.error(f"--remat: {r!r}; allowed: none, spade, blocks")
+    if a.batch_per_chip < 1:
+        p.error("--batch_per_chip: at least 1")
+    return a
+
+
+def cells(a) -> list[dict]:
+    """The cells in run order: every config's float32/no-remat plan first (the headline)."""
+    out = []
+    for topo, name, dtype, remat in itertools.product(a.topologies, a.configs, a.dtypes, a.remat):
+        size = "fit" if a.fit else f"b{a.batch_per_chip}"
+        cell = dict(config=name, dtype=dtype, remat=remat, topology=topo, size=size)
+        cell["id"] = f"{name}_{dtype}_{remat}_{topo}_{size}"
+        out.append(cell)
+    return sorted(out, key=lambda c: (c["dtype"] != "float32" or c["remat"] != "none",))
+
+
+def command(a, cell: dict, json_path: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "ecgan_jax.plan", f"--config=configs/{cell['config']}.py",
+        f"--topology={cell['topology']}", f"--config.model.dtype={cell['dtype']}",
+        f"--config.runtime.remat={cell['remat']}", f"--json={json_path}",
+    ]  # fmt: skip
+    cmd += ["--fit"] if a.fit else [f"--batch_per_chip={a.batch_per_chip}"]
+    return cmd
+
+
+def row(cell: dict, result: dict | None, status: str) -> dict:
+    """One table row from the planner's JSON (`{"plan": ...}` or `{"fit": n, "plan", "next"}`)."""
+    out = {k: cell[k] for k in ("config", "dtype", "remat", "topology")}
+    out.update({"id": cell["id"], "status": status})
+    if not result:
+        return out
+    p = result["plan"]
+    m = p["memory"]
+    fits = p["fits"]
+    if "fit" in result:
+        fits = f"largest: {result['fit']} ({result['next']['batch_per_chip']} does not)"
+    out.update({
+        "batch_per_chip": p["batch_per_chip"],
+        "fits": fits,
+        "hbm_total_gib": m["total"] / GIB,
+        "hbm_gib": p["hbm_bytes"] / GIB,
+        "temp_gib": m["temp"] / GIB,
+        "argument_gib": m["argument"] / GIB,
+        "tflop_per_step": p["flops"] / 1e12,
+        "collective_mib": sum(p["collective_bytes"].values()) / 2**20,
+        "roofline_ms": p["roofline"]["step_seconds"] * 1e3,
+        "roofline_bound": p["roofline"]["bound"],
+        "compile_s": p.get("compile_seconds"),
+    })  # fmt: skip
+    return out
+
+
+def _num(v, fmt="{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        hbm = r.get("hbm_total_gib")
+        total = "-" if hbm is None else f"{hbm:.2f} of {r['hbm_gib']:.0f}"
+        roof = r.get("roofline_ms")
+        roof = "-" if roof is None else f"{roof:.1f} ({r['roofline_bound']}, ESTIMATE)"
+        cells_ = [
+            r["config"], r["dtype"], r["remat"], r["topology"],
+            str(r.get("batch_per_chip", "-")), str(r.get("fits", "-")), total,
+            _num(r.get("temp_gib"), "{:.2f}"), _num(r.get("argument_gib"), "{:.2f}"),
+            _num(r.get("tflop_per_step")), _num(r.get("collective_mib"), "{:.1f}"), roof,
+            _num(r.get("compile_s"), "{:.0f}"), " ".join(r["status"].replace("|", "/").split()),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_cell(a, cell: dict, cell_dir: str, log) -> dict:
+    json_path = os.path.join(cell_dir, f"{cell['id']}.json")
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            return row(cell, json.load(f), "ok (from an earlier run)")
+    cmd = command(a, cell, json_path)
+    log.write(f"===== {cell['id']}: {' '.join(cmd)}\n")
+    log.flush()
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.cell_timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return row(cell, None, f"timeout after {a.cell_timeout_s:.0f} s")
+    log.write(done.stdout + "\n--- stderr\n" + done.stderr[-20000:] + "\n")
+    if done.returncode != 0 or not os.path.exists(json_path):
+        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+        return row(cell, None, f"failed rc {done.returncode}: {lines[-1] if lines else ''}")
+    with open(json_path) as f:
+        return row(cell, json.load(f), f"ok in {time.monotonic() - started:.0f} s")
+
+
+def main(argv=None) -> list[dict]:
+    a = parse_args(argv)
+    cell_dir = os.path.join(a.out, "cells")
+    os.makedirs(cell_dir, exist_ok=True)
+    rows = []
+    with open(os.path.join(a.out, "plan_table.log"), "a") as log:
+        for cell in cells(a):
+            rows.append(run_cell(a, cell, cell_dir, log))
+            print(f"{cell['id']}: {rows[-1]['status']}", flush=True)
+            _write(os.path.join(a.out, "plan_table.json"), json.dumps(rows, indent=1))
+            _write(os.path.join(a.out, "plan_table.md"), markdown(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
