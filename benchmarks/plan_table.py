@@ -11,8 +11,9 @@ it back) with its own timeout. A cell whose JSON exists is read, not compiled ag
 interrupted table resumes where it stopped (and the planner's own cache,
 `~/.cache/ecgan_jax/plans`, serves cells planned before). A failed or timed-out cell is a row
 saying why. After every cell `<out>/plan_table.json` and `<out>/plan_table.md` are rewritten
-with every row so far. The full Cityscapes step takes tens of minutes to compile on 2 cores:
-the whole table (36 cells) is a job for a bigger host or several sessions (BENCHMARKS.md).
+with every row so far; `--table_only` writes them from the cells already there, running none.
+A full-config cell compiles in about 9 minutes on a 2-core host (BENCHMARKS.md, "Tenth
+session"): the whole table (36 cells) is hours there.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_per_chip", type=int, default=1)
     p.add_argument("--fit", action="store_true", help="the largest batch that fits, per cell")
     p.add_argument("--cell_timeout_s", type=float, default=5400.0)
+    p.add_argument(
+        "--table_only", action="store_true", help="only tabulate the cells already written"
+    )
     a = p.parse_args(argv)
     for name in a.configs:
         if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
@@ -148,6 +152,8 @@ def run_cell(a, cell: dict, cell_dir: str, log) -> dict:
     if os.path.exists(json_path):
         with open(json_path) as f:
             return row(cell, json.load(f), "ok (from an earlier run)")
+    if a.table_only:
+        return row(cell, None, "not planned yet")
     cmd = command(a, cell, json_path)
     log.write(f"===== {cell['id']}: {' '.join(cmd)}\n")
     log.flush()

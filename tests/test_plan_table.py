@@ -105,6 +105,13 @@ def test_runs_resumes_and_reports_failures(tmp_path, monkeypatch):
     assert rows[0]["hbm_total_gib"] == pytest.approx(6.3)
     assert rows[1]["status"] == "timeout after 7 s"
 
+    # --table_only runs nothing: the written cell, the other one "not planned yet".
+    calls.clear()
+    rows = table.main([*argv, "--table_only", "--remat=none,spade"])
+    assert not calls and len(rows) == 4
+    assert [r["status"] for r in rows].count("ok (from an earlier run)") == 1
+    assert [r["status"] for r in rows].count("not planned yet") == 3
+
 
 def test_fit_rows_name_the_largest_batch():
     table = _table()
