@@ -124,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
     cl.cross_scale = True
     cl.lambda_pixel = 1.0
     cl.lambda_class = 1.0
+    # How the anchors' top-k runs over a sharded batch (losses.sampling.select_top_pixels; the
+    # same anchors whichever): "auto" = per device shard on a mesh of several devices,
+    # "global" = one top-k over every pixel of the global batch on every device (what the
+    # planner shows the per-shard one saves), "per_shard".
+    cl.anchor_selection = "auto"
 
     # --- similarity loss (docs/DESIGN.md §D.1) ---
     c.lambda_sim = 0.0
@@ -203,6 +208,8 @@ _CHOICES = {
     "model.num_upsampling_layers": tuple(UPSAMPLING_LAYERS), "model.dtype": DTYPES,
     "perceptual.dtype": DTYPES,
     "runtime.cpu_kernels": ("auto", "on", "off"), "runtime.remat": ("none", "spade", "blocks"),
+    # losses.sampling.ANCHOR_SELECTIONS (config_lib imports no jax; tests/test_config_lib.py).
+    "contrastive.anchor_selection": ("auto", "global", "per_shard"),
 }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ecgan_jax import config_lib
 from ecgan_jax.config_lib import apply_override, load_config
 
 
@@ -75,3 +76,17 @@ def test_cpu_kernels_switch_follows_the_mesh_platform():
     c.runtime.cpu_kernels = "yes"
     with pytest.raises(ValueError, match="runtime.cpu_kernels.*auto, on, off"):
         validate_config(c)
+
+
+def test_anchor_selection_choices_are_the_samplers():
+    from ecgan_jax.losses import ANCHOR_SELECTIONS
+    from ecgan_jax.training.step import StepSettings
+
+    assert config_lib._CHOICES["contrastive.anchor_selection"] == ANCHOR_SELECTIONS
+    config = config_lib.load_config("configs/synthetic.py:smoke")
+    config.contrastive.anchor_selection = "global"
+    settings = StepSettings.from_config(config, use_vgg=False)
+    assert settings.contrastive["anchor_selection"] == "global"
+    config.contrastive.anchor_selection = "sorted"
+    with pytest.raises(config_lib.ConfigError, match="auto, global, per_shard"):
+        config_lib.validate_config(config)

@@ -73,6 +73,7 @@ class StepSettings:
                 cross_scale=bool(cl.cross_scale),
                 lambda_pixel=float(cl.lambda_pixel),
                 lambda_class=float(cl.lambda_class),
+                anchor_selection=str(cl.anchor_selection),
             )
         return cls(
             config=config,
