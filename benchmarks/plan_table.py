@@ -55,6 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--table_only", action="store_true", help="only tabulate the cells already written"
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="more config fields for every cell, as FIELD=VALUE (e.g. "
+        "contrastive.anchor_selection=global); they join the cell's name",
+    )
     a = p.parse_args(argv)
     for name in a.configs:
         if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
@@ -67,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--remat: {r!r}; allowed: none, spade, blocks")
     if a.batch_per_chip < 1:
         p.error("--batch_per_chip: at least 1")
+    for item in a.set:
+        if "=" not in item or item.startswith("="):
+            p.error(f"--set: {item!r} is not FIELD=VALUE")
     return a
 
 
@@ -76,7 +86,8 @@ def cells(a) -> list[dict]:
     for topo, name, dtype, remat in itertools.product(a.topologies, a.configs, a.dtypes, a.remat):
         size = "fit" if a.fit else f"b{a.batch_per_chip}"
         cell = dict(config=name, dtype=dtype, remat=remat, topology=topo, size=size)
-        cell["id"] = f"{name}_{dtype}_{remat}_{topo}_{size}"
+        cell["id"] = "_".join([name, dtype, remat, topo, size, *a.set]).replace("=", "-")
+        cell["set"] = list(a.set)
         out.append(cell)
     return sorted(out, key=lambda c: (c["dtype"] != "float32" or c["remat"] != "none",))
 
@@ -88,13 +99,13 @@ def command(a, cell: dict, json_path: str) -> list[str]:
         f"--config.runtime.remat={cell['remat']}", f"--json={json_path}",
     ]  # fmt: skip
     cmd += ["--fit"] if a.fit else [f"--batch_per_chip={a.batch_per_chip}"]
-    return cmd
+    return cmd + [f"--config.{item}" for item in cell.get("set", ())]
 
 
 def row(cell: dict, result: dict | None, status: str) -> dict:
     """One table row from the planner's JSON (`{"plan": ...}` or `{"fit": n, "plan", "next"}`)."""
     out = {k: cell[k] for k in ("config", "dtype", "remat", "topology")}
-    out.update({"id": cell["id"], "status": status})
+    out.update({"id": cell["id"], "status": status, "set": " ".join(cell.get("set", ()))})
     if not result:
         return out
     p = result["plan"]
@@ -129,8 +140,9 @@ def markdown(rows: list[dict]) -> str:
         total = "-" if hbm is None else f"{hbm:.2f} of {r['hbm_gib']:.0f}"
         roof = r.get("roofline_ms")
         roof = "-" if roof is None else f"{roof:.1f} ({r['roofline_bound']}, ESTIMATE)"
+        config = r["config"] + (f" ({r['set']})" if r.get("set") else "")
         cells_ = [
-            r["config"], r["dtype"], r["remat"], r["topology"],
+            config, r["dtype"], r["remat"], r["topology"],
             str(r.get("batch_per_chip", "-")), str(r.get("fits", "-")), total,
             _num(r.get("temp_gib"), "{:.2f}"), _num(r.get("argument_gib"), "{:.2f}"),
             _num(r.get("tflop_per_step")), _num(r.get("collective_mib"), "{:.1f}"), roof,

@@ -59,7 +59,19 @@ def test_default_cells_and_the_headline_first():
     assert "--batch_per_chip=1" in cmd and "--json=c.json" in cmd
     fit = table.parse_args(["--out=x", "--fit", "--configs=ade20k", "--topologies=v5e-8"])
     assert "--fit" in table.command(fit, table.cells(fit)[0], "c.json")
-    for bad in (["--dtypes=float16"], ["--remat=all"], ["--configs=nope"], ["--batch_per_chip=0"]):
+    extra = table.parse_args(["--out=x", "--set", "contrastive.anchor_selection=global"])
+    cell = table.cells(extra)[0]
+    assert cell["id"].endswith("_b1_contrastive.anchor_selection-global")
+    assert (
+        table.command(extra, cell, "c.json")[-1] == "--config.contrastive.anchor_selection=global"
+    )
+    for bad in (
+        ["--dtypes=float16"],
+        ["--remat=all"],
+        ["--configs=nope"],
+        ["--batch_per_chip=0"],
+        ["--set", "contrastive"],
+    ):
         with pytest.raises(SystemExit):
             table.parse_args(["--out=x", *bad])
 
