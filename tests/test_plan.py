@@ -175,6 +175,21 @@ def test_fit_command_on_a_small_hbm(plans, tmp_path):
     assert json.loads(out.read_text())["fit"] == 1
 
 
+def test_existing_json_is_refused_before_compiling(tmp_path, monkeypatch):
+    from ecgan_jax.cli import outputs
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although the output exists")
+
+    monkeypatch.setattr(plan_lib, "plan", no_compile)
+    out = tmp_path / "plan.json"
+    out.write_text("{}")
+    argv = [f"--config={SMOKE}:smoke", f"--topology={TOPOLOGY}", f"--json={out}"]
+    with pytest.raises(outputs.OutputError, match=r"exist already: .*plan\.json.*--overwrite"):
+        plan_lib.main(argv)
+    assert out.read_text() == "{}"
+
+
 def test_fit_bisection(monkeypatch):
     """The search on a stand-in plan (total = 10 + 3·batch bytes): largest fit, next fails."""
     calls = []

@@ -498,6 +498,7 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> Non
         "hbm_gib", None, "HBM per chip in GiB (default: the chip's)", lower_bound=0, flag_values=fv
     )
     flags.DEFINE_string("json", None, "also write the plan(s) as JSON here", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "replace an existing --json file", flag_values=fv)
     flags.DEFINE_boolean(
         "cache", True, "reuse and store results under the cache dir", flag_values=fv
     )
@@ -505,9 +506,13 @@ def define_flags(fv: flags.FlagValues, argv: Sequence[str] | None = None) -> Non
 
 def plan_command(fv: flags.FlagValues) -> dict:
     """The command on parsed flags; returns {"plan": ...} or {"fit": batch, "plan", "next"}."""
+    from ecgan_jax.cli import outputs
+
     config = cli_flags.load_config(fv)
     cli_flags.require(fv, "topology")
     topology = resolve_topology(fv.topology)
+    if fv.json:  # before the minutes of compiling, not after
+        outputs.check_absent([fv.json], overwrite=fv.overwrite, where="--json")
     hbm = int(fv.hbm_gib * GIB) if fv.hbm_gib else None
 
     def log(msg):
@@ -527,8 +532,7 @@ def plan_command(fv: flags.FlagValues) -> dict:
         result = {"plan": p}
         print(format_plan(p))
     if fv.json:
-        with open(fv.json, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
+        outputs.save_json(fv.json, result)
     return result
 
 
