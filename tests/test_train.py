@@ -31,6 +31,11 @@ def setup_step(config, devices):
     return trainer.mesh, trainer.init_state(), trainer.step_fn, trainer.vgg_params
 
 
+def abstract(tree):
+    """`tree` as ShapeDtypeStructs: what tracing a function on it needs."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
 def tree_max_abs_diff(a, b):
     def diff(x, y):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -104,12 +109,7 @@ def test_every_dataset_config_traces_a_step(name):
     depth that does not fit would fail)."""
     config = one_step_config(name)
     trainer = build_trainer(config, make_mesh(jax.devices()[:2]), dataset_size=8)
-    batch = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pseudo_batch(config)
-    )
-    vgg = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.vgg_params
-    )
+    batch, vgg = abstract(pseudo_batch(config)), abstract(trainer.vgg_params)
     new_state, metrics = jax.eval_shape(trainer.step_fn, trainer.abstract_state, batch, vgg)
 
     def sig(tree):
@@ -361,9 +361,7 @@ def test_loop_fields_do_not_enter_the_step():
     texts = []
     for config in (demo_config(), changed):
         trainer = loop_lib._build_trainer(config, mesh, dataset_size=8)
-        batch = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pseudo_batch(config)
-        )
+        batch = abstract(pseudo_batch(config))
         texts.append(str(trainer.step_fn.trace(trainer.abstract_state, batch, None).jaxpr))
     assert texts[0] == texts[1]
 
