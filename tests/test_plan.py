@@ -56,15 +56,15 @@ def _primitive_counts(jaxpr_text: str) -> dict:
 
 
 @functools.cache
-def _cpu_planner_jaxpr() -> str:
-    """The planner's step of the tiny config on a 2-device CPU mesh, traced once for the two
-    tests that read it."""
+def _cpu_planner_step() -> tuple:
+    """(jaxpr text, abstract arguments) of the planner's step of the tiny config on a 2-device
+    CPU mesh, built and traced once for the two tests that read it."""
     from ecgan_jax.sharding import make_mesh
 
     step_fn, args = plan_lib.abstract_step(
         tiny_config(), make_mesh(jax.devices("cpu")[:2]), 1, dataset_size=8
     )
-    return str(step_fn.trace(*args).jaxpr)
+    return str(step_fn.trace(*args).jaxpr), args
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_tpu_step_takes_the_accelerator_path():
     step_fn, args = plan_lib.abstract_step(tiny_config(), tpu_mesh, 1, dataset_size=8)
     counts = {
         "tpu": _primitive_counts(str(step_fn.trace(*args).jaxpr)),
-        "cpu": _primitive_counts(_cpu_planner_jaxpr()),
+        "cpu": _primitive_counts(_cpu_planner_step()[0]),
     }
     assert all(v == 0 for k, v in counts["tpu"].items() if k != "scan"), counts
     assert counts["cpu"]["custom_vjp"] > 0 and counts["cpu"]["uint8"] > 0, counts
@@ -239,7 +239,6 @@ def test_planner_step_is_the_trainers_step():
         config.batch_size = 2
     mesh = make_mesh(jax.devices("cpu")[:2])
     trainer = build_trainer(config, mesh, 8)
-    _, args = plan_lib.abstract_step(config, mesh, 1, dataset_size=8)
-    state, batch, _ = args
+    ours, (state, batch, _) = _cpu_planner_step()
     theirs = str(trainer.step_fn.trace(state, batch, trainer.vgg_params).jaxpr)
-    assert _cpu_planner_jaxpr() == theirs
+    assert ours == theirs
