@@ -190,24 +190,41 @@ def test_existing_json_is_refused_before_compiling(tmp_path, monkeypatch):
     assert out.read_text() == "{}"
 
 
-def test_fit_bisection(monkeypatch):
-    """The search on a stand-in plan (total = 10 + 3·batch bytes): largest fit, next fails."""
+@pytest.mark.parametrize(
+    "curve, linear",
+    [
+        (lambda b: 10 + 3 * b, True),  # as the real totals nearly are
+        (lambda b: 10 + 3 * b + b * b // 4, False),  # convex
+        (lambda b: 10 + 40 * (b > 5) + 3 * b, False),  # a step at 6
+        (lambda b: 10 + 30 * int(b**0.5), False),  # concave, with flat stretches
+    ],
+    ids=["linear", "convex", "step", "concave"],
+)
+def test_fit_search(monkeypatch, curve, linear):
+    """The search on stand-in plans: the largest size that fits, the next does not, as a
+    scan over every size says; a line costs about four compiles, other curves a few more."""
     calls = []
 
     def fake_plan(config, topology, batch, *, hbm_bytes, use_cache, log):
         calls.append(batch)
-        total = 10 + 3 * batch
+        total = curve(batch)
         return {"memory": {"total": total}, "fits": total <= hbm_bytes, "hbm_bytes": hbm_bytes}
 
     monkeypatch.setattr(plan_lib, "plan", fake_plan)
     topo = plan_lib.resolve_topology(TOPOLOGY)
-    for hbm, want in [(40, 10), (13, 1), (1000, 330)]:
+    for hbm in (13, 14, 40, 61, 200, 1000):
+        if curve(1) > hbm:
+            continue
+        want = max(b for b in range(1, 10**4) if curve(b) <= hbm)
         calls.clear()
         best, p, nxt = plan_lib.fit_batch(None, topo, hbm_bytes=hbm)
-        assert best == want and p["fits"] and not nxt["fits"]
-        assert len(calls) <= 2 * (want.bit_length() + 1)
+        assert best == want and p["fits"] and not nxt["fits"], (hbm, calls)
+        assert nxt["memory"]["total"] == curve(want + 1) and len(set(calls)) == len(calls)
+        assert len(calls) <= 4 * (want.bit_length() + 1), (hbm, calls)
+        if linear and want <= 2 * plan_lib._GROWTH:  # batches 1 and 2, the boundary pair
+            assert len(calls) <= 4, (hbm, calls)
     with pytest.raises(ValueError, match="nothing fits"):
-        plan_lib.fit_batch(None, topo, hbm_bytes=12)
+        plan_lib.fit_batch(None, topo, hbm_bytes=curve(1) - 1)
 
 
 def test_tpu_step_takes_the_accelerator_path():

@@ -17,7 +17,8 @@ bytes accessed per step (`cost_analysis()`), their ratio (arithmetic intensity),
 step-time estimate max(FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth) (a lower bound, not a
 measurement), and the bytes that enter collectives (operands of all-gather, all-reduce,
 reduce-scatter and all-to-all in the compiled HLO). `--fit` searches the largest per-chip
-batch whose total fits in HBM (doubling, then bisection). Each result is cached in
+batch whose total fits in HBM (sizes chosen by a line through the plans so far, the
+answer always a compiled fit and a compiled next size that does not). Each result is cached in
 `$XDG_CACHE_HOME/ecgan_jax/plans/` (default `~/.cache/...`) by a hash of the config JSON, the
 topology and the batch, so a second plan or a `--fit` over known sizes compiles nothing.
 
@@ -416,7 +417,14 @@ def fit_batch(
 ):
     """(largest per-chip batch whose plan fits in HBM, its plan, the plan of the next size up).
 
-    Doubles from 1 until a size does not fit, then bisects between the last two. ValueError
+    Every answer is two compiled plans, one that fits and the next size up that does not; the
+    per-chip total, close to linear in the batch, only chooses which sizes to compile: after
+    batches 1 and 2 a line through the two plans nearest the HBM predicts the boundary, so a
+    linear case takes about four compiles where doubling then bisecting takes two per bit.
+    Once a size does not fit, the line runs through the ends of the bracket (regula falsi);
+    a guess stays inside the bracket, at most `_GROWTH` times the largest size known to fit,
+    and a bisection step follows any guess that left the bracket over half as wide, so a
+    curve that is not a line costs compiles, never the answer. ValueError
     when batch 1 does not fit.
     """
     results = {}
@@ -431,14 +439,39 @@ def fit_batch(
             f"batch 1/chip needs {total / GIB:.2f} GiB per chip, more than the "
             f"{results[1]['hbm_bytes'] / GIB:.2f} GiB of HBM: nothing fits on {topology.name}"
         )
-    lo = 1
-    while fits(2 * lo):
-        lo *= 2
-    hi = 2 * lo
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    lo, hi, bisect = 1, None, False
+    while hi is None or hi - lo > 1:
+        if hi is not None and bisect:
+            guess = (lo + hi) // 2
+        else:
+            guess = _linear_guess(results, lo, hi)
+        upper = hi - 1 if hi is not None else _GROWTH * lo
+        guess = min(max(guess, lo + 1), upper)
+        width = None if hi is None else hi - lo
+        if fits(guess):
+            lo = guess
+        else:
+            hi = guess
+        # A guess that did not halve a known bracket is followed by a bisection step.
+        bisect = width is not None and (hi - lo) * 2 > width and not bisect
     return lo, results[lo], results[hi]
+
+
+_GROWTH = 32  # the furthest a fit guess reaches past the largest batch known to fit
+
+
+def _linear_guess(results: dict, lo: int, hi: int | None) -> int:
+    """The batch at which the per-chip total reaches the HBM on a line through the bracket's
+    two ends (before there is an upper end: through the two largest sizes that fit)."""
+    fitting = sorted(b for b, r in results.items() if r["fits"])
+    if hi is None and len(fitting) < 2:
+        return 2 * lo
+    b1, b2 = (lo, hi) if hi is not None else fitting[-2:]
+    t1, t2 = (results[b]["memory"]["total"] for b in (b1, b2))
+    slope = (t2 - t1) / (b2 - b1)
+    if slope <= 0:
+        return 2 * lo if hi is None else (lo + hi) // 2
+    return int(b1 + (results[b1]["hbm_bytes"] - t1) // slope)
 
 
 # --------------------------------------------------------------------------- report
