@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
     # emitters (XLA's default), which keep every kernel in memory until the end of the compile;
     # same step time (BENCHMARKS.md, "XLA:CPU fusion emitters"). True: XLA's default.
     r.xla_cpu_fusion_emitters = False
+    # XLA:TPU's space-to-batch pass for the train step (ignored off TPU). libtpu 0.0.42 aborts
+    # on it compiling ADE20K's step (a check failure on a discriminator weight-gradient
+    # convolution), so configs/ade20k.py sets False: the pass is then disabled for that jit
+    # (`xla_disable_hlo_passes`). True: XLA's default (BENCHMARKS.md, "space-to-batch").
+    r.xla_tpu_space_to_batch = True
 
     # --- optimisation (docs/DESIGN.md §4.1, §D.4) ---
     c.batch_size = 32  # global batch over all devices and hosts
@@ -199,7 +204,7 @@ _BOOLS = (
     "dataset.contain_dontcare_label",
     "dataset.no_instance", "perceptual.enabled", "perceptual.random_weights",
     "perceptual.imagenet_normalize", "contrastive.enabled", "contrastive.cross_scale",
-    "runtime.xla_cpu_fusion_emitters", "keep_best_fid",
+    "runtime.xla_cpu_fusion_emitters", "runtime.xla_tpu_space_to_batch", "keep_best_fid",
 )  # fmt: skip
 _CHOICES = {
     "dataset.name": DATASETS, "dataset.source": ("files", "tfds"),

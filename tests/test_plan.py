@@ -245,6 +245,58 @@ def test_tpu_step_takes_the_accelerator_path():
     assert counts["cpu"]["scan"] > counts["tpu"]["scan"], counts
 
 
+def test_ade20k_step_is_compiled_for_tpu_without_space_to_batch(monkeypatch):
+    """configs/ade20k.py turns XLA:TPU's space-to-batch pass off for its train step (libtpu
+    0.0.42 aborts in it on that step); the option reaches libtpu (a conv gradient compiles to
+    fewer FLOPs without the pass) and the planner's step is jitted with it."""
+    import jax.numpy as jnp
+
+    from ecgan_jax.sharding import make_mesh
+    from ecgan_jax.training import step as step_module
+    from ecgan_jax.xla_cpu import runtime_for
+
+    _require_libtpu()
+    devices = plan_lib.tpu_devices(plan_lib.resolve_topology(TOPOLOGY))
+    mesh = make_mesh(devices)
+    root = pathlib.Path(SMOKE).parent
+    ade = config_lib.load_config(f"{root / 'ade20k.py'}:smoke")
+    off = {"xla_disable_hlo_passes": "space-to-batch-converter"}
+    assert runtime_for(ade, mesh).compiler_options(mesh) == off
+    cityscapes = config_lib.load_config(str(root / "cityscapes.py"))
+    assert runtime_for(cityscapes, mesh).compiler_options(mesh) is None
+    cpu_mesh = make_mesh(jax.devices("cpu")[:1])
+    assert runtime_for(ade, cpu_mesh).compiler_options(cpu_mesh) != off
+
+    sharding = jax.sharding.SingleDeviceSharding(devices[0])
+    kernel = jax.ShapeDtypeStruct((4, 4, 8, 16), jnp.float32, sharding=sharding)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 8), jnp.float32, sharding=sharding)
+
+    def loss(k, x):
+        dims = ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(x, k, (2, 2), [(2, 2)] * 2, dimension_numbers=dims)
+        return jnp.sum(jax.nn.leaky_relu(y, 0.2))
+
+    flops = {
+        str(opts): jax.jit(jax.grad(loss), compiler_options=opts)
+        .lower(kernel, x)
+        .compile()
+        .cost_analysis()["flops"]
+        for opts in (None, off)
+    }
+    assert flops[str(off)] < flops["None"], flops
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return jit_train_step(*args, **kwargs)
+
+    jit_train_step = step_module.jit_train_step
+    monkeypatch.setattr(step_module, "jit_train_step", spy)
+    plan_lib.abstract_step(ade, mesh, 1, dataset_size=8)
+    assert seen["compiler_options"] == off
+
+
 def test_planner_step_is_the_trainers_step():
     """`abstract_step` builds what `build_trainer` builds (compared on a CPU mesh, where the
     trainer's VGG weights can live)."""

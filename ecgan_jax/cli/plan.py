@@ -29,6 +29,7 @@ Topologies: Cloud names (`v4-8` and `v5p-8` count TensorCores, two per chip, meg
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -308,8 +309,9 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
 
     Returns {memory: {argument, output, alias, temp, generated_code, total} bytes, flops,
     bytes_accessed, collective_bytes: {op: bytes}, compile_seconds, cpu_kernels, dtype,
-    remat}. The HLO
-    text is not kept (`plan_step.last_hlo` holds the last one compiled in this process).
+    remat, compiler_options (the jit's XLA options), host_peak_rss_bytes (this process's peak
+    host memory so far)}. The HLO text is not kept (`plan_step.last_hlo` holds the last one
+    compiled in this process).
     """
     from ecgan_jax.sharding import make_mesh
 
@@ -340,8 +342,23 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
         + memory["temp"]
         + memory["generated_code"]
     )
-    from ecgan_jax.xla_cpu import cpu_kernels_enabled
+    import resource
 
+    import jax
+
+    from ecgan_jax.xla_cpu import cpu_kernels_enabled, runtime_for
+    from ecgan_jax.xla_cpu.hostmem import release_host_memory
+
+    # The process's peak so far (kB on Linux): about what one compile of this size needs.
+    host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    # `--fit` compiles several sizes in one process; what one compile leaves in JAX's caches
+    # and glibc's free lists made the third full-size compile run out of a 24 GB host
+    # (BENCHMARKS.md, "Twelfth session"). The figures above are all that is kept.
+    del compiled, step_fn, args
+    jax.clear_caches()
+    gc.collect()
+    release_host_memory()
     return {
         "memory": memory,
         "flops": float(cost.get("flops", 0.0)),
@@ -351,6 +368,8 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
         "cpu_kernels": bool(cpu_kernels_enabled(config, mesh)),
         "dtype": str(config.model.dtype),
         "remat": str(config.runtime.remat),
+        "compiler_options": runtime_for(config, mesh).compiler_options(mesh),
+        "host_peak_rss_bytes": int(host_peak),
     }
 
 

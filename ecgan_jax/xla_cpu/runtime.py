@@ -63,6 +63,7 @@ class Runtime:
 
     cpu_kernels: bool = False
     fusion_emitters: bool = False  # XLA:CPU's MLIR fusion emitters for the train step
+    tpu_space_to_batch: bool = True  # XLA:TPU's space-to-batch pass for the train step
 
     def wrap(self, fn: Callable) -> Callable:
         """`fn` traced with the CPU versions of the model's methods (or `fn` itself)."""
@@ -92,10 +93,13 @@ class Runtime:
         return jax.lax.optimization_barrier(tree) if self.cpu_kernels else tree
 
     def compiler_options(self, mesh) -> dict | None:
-        """Per-jit XLA options for the train step on `mesh`: LLVM IR fusion emitters on CPU."""
-        on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
-        if on_cpu and not self.fusion_emitters:
+        """Per-jit XLA options for the train step on `mesh`: LLVM IR fusion emitters on CPU;
+        on TPU, without the space-to-batch pass where the config turns it off."""
+        platforms = {d.platform for d in mesh.devices.flat}
+        if platforms == {"cpu"} and not self.fusion_emitters:
             return {"xla_cpu_use_fusion_emitters": False}
+        if platforms == {"tpu"} and not self.tpu_space_to_batch:
+            return {"xla_disable_hlo_passes": "space-to-batch-converter"}
         return None
 
 
@@ -104,6 +108,7 @@ def runtime_for(config, mesh=None) -> Runtime:
     return Runtime(
         cpu_kernels=cpu_kernels_enabled(config, mesh),
         fusion_emitters=bool(config.runtime.xla_cpu_fusion_emitters),
+        tpu_space_to_batch=bool(config.runtime.xla_tpu_space_to_batch),
     )
 
 
