@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     rows = []
     for name, r, *others in zip(names, *leaves, strict=True):
         if r.ndim == 4:  # the convolution kernels
-            rows.append({"leaf": name, **{c: rel(g, r) for c, g in zip(cols, others)}})
+            rows.append({"leaf": name, **{c: rel(g, r) for c, g in zip(cols, others, strict=True)}})
     errors = {c: np.array([r[c] for r in rows]) for c in cols}
     out = {
         "devices": n, "batch": a.batch, "size": a.size, "ndf": a.ndf, "kernels": rows,
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
           f"{h}x{w}, ndf {a.ndf}, {n} shards")  # fmt: skip
     print(f"{'kernel':40s} {'1 program':>10s} {'shards, f32 sum':>16s} {'shards, bf16 sum':>17s}")
     for r in rows:
-        vals = " ".join(f"{r[c]:{w}.2e}" for c, w in zip(cols, (10, 16, 17)))
+        vals = " ".join(f"{r[c]:{w}.2e}" for c, w in zip(cols, (10, 16, 17), strict=True))
         print(f"{r['leaf'][-40:]:40s} {vals}")
     print("median: " + ", ".join(f"{c} {np.median(e):.2e}" for c, e in errors.items()))
     if a.json:
