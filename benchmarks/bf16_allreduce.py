@@ -56,9 +56,10 @@ def ring_mean(shards, dtype):
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    flag = f"--xla_force_host_platform_device_count={a.devices}"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if "jax" not in sys.modules:  # run as a script: fake the devices before JAX starts
+        flag = f"--xla_force_host_platform_device_count={a.devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -66,7 +67,8 @@ def main(argv=None) -> dict:
     from ecgan_jax.models.discriminator import MultiscaleDiscriminator
 
     if len(jax.devices()) < a.devices:
-        sys.exit(f"--devices={a.devices}: JAX started before this script set XLA_FLAGS")
+        sys.exit(f"--devices={a.devices}: JAX has {len(jax.devices())} devices (started before "
+                 "this script could set XLA_FLAGS)")  # fmt: skip
     h, w = a.size
     rng = np.random.default_rng(a.seed)
     labels = rng.integers(0, a.label_nc, size=(a.batch, h, w))
