@@ -118,12 +118,12 @@ def row(cell: dict, result: dict | None, status: str) -> dict:
         "fits": fits,
         "hbm_total_gib": m["total"] / GIB,
         "hbm_gib": p["hbm_bytes"] / GIB,
-        "temp_gib": m["temp"] / GIB,
-        "argument_gib": m["argument"] / GIB,
-        "tflop_per_step": p["flops"] / 1e12,
-        "collective_mib": sum(p["collective_bytes"].values()) / 2**20,
-        "roofline_ms": p["roofline"]["step_seconds"] * 1e3,
-        "roofline_bound": p["roofline"]["bound"],
+        "temp_gib": None if m["temp"] is None else m["temp"] / GIB,
+        "argument_gib": None if m["argument"] is None else m["argument"] / GIB,
+        "tflop_per_step": None if p["flops"] is None else p["flops"] / 1e12,
+        "collective_mib": sum(p["collective_bytes"].values()) / 2**20 if p["flops"] else None,
+        "roofline_ms": p["roofline"]["step_seconds"] * 1e3 if p["roofline"] else None,
+        "roofline_bound": p["roofline"]["bound"] if p["roofline"] else None,
         "compile_s": p.get("compile_seconds"),
     })  # fmt: skip
     return out

@@ -227,6 +227,50 @@ def test_fit_search(monkeypatch, curve, linear):
         plan_lib.fit_batch(None, topo, hbm_bytes=curve(1) - 1)
 
 
+def _oom_program(devices):
+    """A jitted function and argument whose temporaries (an n×n cumulative sum, 85 GiB) no TPU
+    chip holds: libtpu refuses it at compile time, in well under a second."""
+    import jax.numpy as jnp
+
+    sharding = jax.sharding.SingleDeviceSharding(devices[0])
+    x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=sharding)
+    return jax.jit(lambda x: jnp.cumsum(jnp.outer(x, x), axis=0)[::1000]), (x,)
+
+
+def test_out_of_hbm_is_a_plan_that_does_not_fit(monkeypatch, tmp_path):
+    """libtpu's RESOURCE_EXHAUSTED compile error becomes a plan that does not fit (libtpu's
+    figures, no FLOPs), cached and printed, which `--fit` takes as its upper end."""
+    _require_libtpu()
+    topo = plan_lib.resolve_topology(TOPOLOGY)
+    devices = plan_lib.tpu_devices(topo)
+    fn, args = _oom_program(devices)
+    with pytest.raises(jax.errors.JaxRuntimeError) as err:
+        fn.lower(*args).compile()
+    shortfall = plan_lib.hbm_shortfall(str(err.value), topo.chip.hbm_bytes)
+    assert "RESOURCE_EXHAUSTED" in shortfall["message"], str(err.value)
+    mem = shortfall["memory"]
+    assert 80 * plan_lib.GIB < mem["temp"] < 90 * plan_lib.GIB
+    assert mem["temp"] < mem["total"] < mem["temp"] + 2 * plan_lib.GIB
+    assert plan_lib.hbm_shortfall("INTERNAL: something else", topo.chip.hbm_bytes) is None
+    used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 33.50G of 31.25G hbm."
+    assert plan_lib.hbm_shortfall(used, topo.chip.hbm_bytes)["memory"]["total"] == 33.5 * 2**30
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(
+        plan_lib, "abstract_step", lambda config, mesh, batch: _oom_program(devices)
+    )
+    config = tiny_config()
+    p = plan_lib.plan(config, topo, 3, log=lambda msg: None)
+    assert not p["fits"] and p["flops"] is None and p["roofline"] is None
+    assert p["out_of_memory"] == shortfall["message"] and p["memory"] == mem
+    assert "DOES NOT FIT" in plan_lib.format_plan(p) and shortfall[
+        "message"
+    ] in plan_lib.format_plan(p)
+    assert plan_lib.plan(config, topo, 3, log=lambda msg: None)["out_of_memory"]  # from the cache
+    (cached,) = (tmp_path / "ecgan_jax" / "plans").glob("*.json")
+    assert json.loads(cached.read_text())["out_of_memory"] == shortfall["message"]
+
+
 def test_tpu_step_takes_the_accelerator_path():
     """The TPU step has none of the CPU machinery (bit-packed masks, blocked-conv scans,
     recompute ties), which the same step built for a CPU mesh has."""

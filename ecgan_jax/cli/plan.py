@@ -53,6 +53,7 @@ __all__ = [
     "define_flags",
     "fit_batch",
     "format_plan",
+    "hbm_shortfall",
     "main",
     "plan",
     "plan_step",
@@ -312,14 +313,46 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
     remat, compiler_options (the jit's XLA options), host_peak_rss_bytes (this process's peak
     host memory so far)}. The HLO text is not kept (`plan_step.last_hlo` holds the last one
     compiled in this process).
+
+    When libtpu refuses the program for the chip's HBM (a RESOURCE_EXHAUSTED compile error) the
+    result is that refusal: `out_of_memory` (libtpu's sentence), the memory figures it states
+    (the others None) and no FLOPs: a size that does not fit, not a failed plan.
     """
+    import jax
+
     from ecgan_jax.sharding import make_mesh
+    from ecgan_jax.xla_cpu import cpu_kernels_enabled, runtime_for
 
     mesh = make_mesh(tpu_devices(topology))
     t0 = time.perf_counter()
     log(f"compiling the train step for {topology.name} at batch {batch_per_chip}/chip ...")
     step_fn, args = abstract_step(config, mesh, batch_per_chip)
-    compiled = step_fn.lower(*args).compile()
+    about = {
+        "cpu_kernels": bool(cpu_kernels_enabled(config, mesh)),
+        "dtype": str(config.model.dtype),
+        "remat": str(config.runtime.remat),
+        "compiler_options": runtime_for(config, mesh).compiler_options(mesh),
+    }
+    try:
+        compiled = step_fn.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        shortfall = hbm_shortfall(str(e), topology.chip.hbm_bytes)
+        if shortfall is None:
+            raise
+        seconds = time.perf_counter() - t0
+        log(f"does not fit ({seconds:.1f} s): {shortfall['message']}")
+        del step_fn, args
+        _release_compile_memory()
+        return {
+            "memory": shortfall["memory"],
+            "flops": None,
+            "bytes_accessed": None,
+            "collective_bytes": {},
+            "compile_seconds": seconds,
+            "out_of_memory": shortfall["message"],
+            **about,
+            "host_peak_rss_bytes": _host_peak_rss(),
+        }
     seconds = time.perf_counter() - t0
     log(f"compiled in {seconds:.1f} s")
     mem = compiled.memory_analysis()
@@ -342,38 +375,72 @@ def plan_step(config, topology: Topology, batch_per_chip: int, *, log=print) -> 
         + memory["temp"]
         + memory["generated_code"]
     )
-    import resource
-
-    import jax
-
-    from ecgan_jax.xla_cpu import cpu_kernels_enabled, runtime_for
-    from ecgan_jax.xla_cpu.hostmem import release_host_memory
-
-    # The process's peak so far (kB on Linux): about what one compile of this size needs.
-    host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    # `--fit` compiles several sizes in one process; what one compile leaves in JAX's caches
-    # and glibc's free lists made the third full-size compile run out of a 24 GB host
-    # (BENCHMARKS.md, "Twelfth session"). The figures above are all that is kept.
+    host_peak = _host_peak_rss()
     del compiled, step_fn, args
-    jax.clear_caches()
-    gc.collect()
-    release_host_memory()
+    _release_compile_memory()
     return {
         "memory": memory,
         "flops": float(cost.get("flops", 0.0)),
         "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
         "collective_bytes": collective_bytes(hlo),
         "compile_seconds": seconds,
-        "cpu_kernels": bool(cpu_kernels_enabled(config, mesh)),
-        "dtype": str(config.model.dtype),
-        "remat": str(config.runtime.remat),
-        "compiler_options": runtime_for(config, mesh).compiler_options(mesh),
-        "host_peak_rss_bytes": int(host_peak),
+        **about,
+        "host_peak_rss_bytes": host_peak,
     }
 
 
 plan_step.last_hlo = None
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# libtpu's two wordings of a program that does not fit (the sizes as XLA prints them, 1024-based).
+_TEMP_OOM = re.compile(
+    r"HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
+)
+_USED_OOM = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+
+
+def hbm_shortfall(text: str, hbm_bytes: int) -> dict | None:
+    """{"message", "memory"} from libtpu's out-of-HBM compile error, or None for another error.
+
+    "HLO temporaries (T) exceeds available HBM (A)": temp T and a total of at least T plus the
+    HBM libtpu keeps back (the chip's HBM less A; 1.25 GiB of a v4 chip's 32, whatever the
+    program), the arguments not being stated. "Used U of H hbm": a total of U. Figures the
+    message does not state are None.
+    """
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    memory = dict.fromkeys(("argument", "output", "alias", "temp", "generated_code", "total"))
+    m = _TEMP_OOM.search(text)
+    if m:
+        temp = float(m.group(1)) * _UNITS[m.group(2)]
+        available = float(m.group(3)) * _UNITS[m.group(4)]
+        memory.update(temp=int(temp), total=int(temp + hbm_bytes - available))
+    elif m := _USED_OOM.search(text):
+        memory["total"] = int(float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        return None
+    line = next(ln for ln in text.splitlines() if m.group(0) in ln)
+    return {"message": line.strip(), "memory": memory}
+
+
+def _host_peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports kB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _release_compile_memory() -> None:
+    """What one compile leaves behind, given back: `--fit` compiles several sizes in one
+    process, and JAX's caches plus glibc's free lists made its third full-size compile run out
+    of a 24 GB host (BENCHMARKS.md, "Twelfth session")."""
+    import jax
+
+    from ecgan_jax.xla_cpu.hostmem import release_host_memory
+
+    jax.clear_caches()
+    gc.collect()
+    release_host_memory()
 
 
 def plan(
@@ -409,7 +476,16 @@ def plan(
     chip = topology.chip
     hbm = int(hbm_bytes) if hbm_bytes else chip.hbm_bytes
     flops, moved = step["flops"], step["bytes_accessed"]
-    compute_s, memory_s = flops / chip.peak_bf16_flops, moved / chip.hbm_bandwidth
+    roofline = intensity = None
+    if flops is not None:
+        compute_s, memory_s = flops / chip.peak_bf16_flops, moved / chip.hbm_bandwidth
+        intensity = flops / moved if moved else float("inf")
+        roofline = {
+            "compute_seconds": compute_s,
+            "memory_seconds": memory_s,
+            "step_seconds": max(compute_s, memory_s),
+            "bound": "compute" if compute_s >= memory_s else "memory",
+        }
     return {
         **step,
         "topology": topology.name,
@@ -419,14 +495,10 @@ def plan(
         "batch_per_chip": int(batch_per_chip),
         "global_batch": int(batch_per_chip) * topology.chips,
         "hbm_bytes": hbm,
-        "fits": step["memory"]["total"] <= hbm,
-        "arithmetic_intensity": flops / moved if moved else float("inf"),
-        "roofline": {
-            "compute_seconds": compute_s,
-            "memory_seconds": memory_s,
-            "step_seconds": max(compute_s, memory_s),
-            "bound": "compute" if compute_s >= memory_s else "memory",
-        },
+        # libtpu refuses a program for the chip's own HBM, whatever --hbm_gib says.
+        "fits": step["memory"]["total"] <= hbm and not step.get("out_of_memory"),
+        "arithmetic_intensity": intensity,
+        "roofline": roofline,
         "chip": dataclasses.asdict(chip),
     }
 
@@ -504,11 +576,22 @@ def format_plan(p: dict) -> str:
     """The plan as the lines the command prints."""
     m, chip, r = p["memory"], p["chip"], p["roofline"]
     coll = p["collective_bytes"]
-    lines = [
+    head = (
         f"plan: {p['topology']} ({p['libtpu_topology']}, {p['chips']} chips), "
         f"batch {p['batch_per_chip']}/chip = {p['global_batch']} global; "
         f"{p.get('dtype', '?')}, remat {p.get('remat', '?')}, "
-        f"CPU machinery {'ON' if p['cpu_kernels'] else 'off'}",
+        f"CPU machinery {'ON' if p['cpu_kernels'] else 'off'}"
+    )
+    if p.get("out_of_memory"):
+        known = ", ".join(f"{k} {_gib(v)}" for k, v in m.items() if v is not None)
+        return "\n".join([
+            head,
+            f"  DOES NOT FIT: libtpu refused the program for a {_gib(chip['hbm_bytes'])} chip:",
+            f"    {p['out_of_memory']}",
+            f"  per chip, as libtpu states it: {known}",
+        ])  # fmt: skip
+    lines = [
+        head,
         "per chip (XLA's figures for the partitioned step):",
         f"  arguments       {_gib(m['argument'])}",
         f"  outputs         {_gib(m['output'])} ({_gib(m['alias'])} of them donated arguments)",
