@@ -10,8 +10,11 @@ Each cell is `python -m ecgan_jax.plan ... --json=<out>/cells/<cell>.json` in it
 it back) with its own timeout. A cell whose JSON exists is read, not compiled again, so an
 interrupted table resumes where it stopped (and the planner's own cache,
 `~/.cache/ecgan_jax/plans`, serves cells planned before). A failed or timed-out cell is a row
-saying why. After every cell `<out>/plan_table.json` and `<out>/plan_table.md` are rewritten
-with every row so far; `--table_only` writes them from the cells already there, running none.
+saying why. After every cell `<out>/plan_table.json` and `<out>/plan_table.md` are rewritten:
+the rows of the table there before (re-read from their cells, so a row follows the planner's
+current fit test), this run's cells in their places, new ones at the end; so a run over a few
+cells adds to the table, not replaces it. `--table_only` writes them from the cells already
+there, running none.
 A full-config cell compiles in about 9 minutes on a 2-core host (BENCHMARKS.md, "Tenth
 session"): the whole table (36 cells) is hours there.
 """
@@ -29,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 COLUMNS = (
-    "config", "dtype", "remat", "topology", "batch/chip", "fits", "HBM total GiB",
+    "config", "dtype", "remat", "topology", "batch/chip", "fits", "HBM GiB: total of usable",
     "temp GiB", "arguments GiB", "TFLOP/step", "collectives MiB", "roofline ms/step",
     "compile s", "status",
 )  # fmt: skip
@@ -137,7 +140,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         hbm = r.get("hbm_total_gib")
-        total = "-" if hbm is None else f"{hbm:.2f} of {r['hbm_gib']:.0f}"
+        total = "-" if hbm is None else f"{hbm:.2f} of {r['hbm_gib']:.2f}"
         roof = r.get("roofline_ms")
         roof = "-" if roof is None else f"{roof:.1f} ({r['roofline_bound']}, ESTIMATE)"
         config = r["config"] + (f" ({r['set']})" if r.get("set") else "")
@@ -184,18 +187,46 @@ def run_cell(a, cell: dict, cell_dir: str, log) -> dict:
         return row(cell, json.load(f), f"ok in {time.monotonic() - started:.0f} s")
 
 
+def earlier_rows(out: str, cell_dir: str) -> list[dict]:
+    """The rows of `<out>/plan_table.json` (none if there is no such file), each re-read from
+    its cell's JSON where that exists."""
+    path = os.path.join(out, "plan_table.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+        ids = [r["id"] for r in rows]
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(
+            f"{path}: not a plan table ({e}); move it away to start a new one"
+        ) from None
+    out_rows = []
+    for r, cell_id in zip(rows, ids, strict=True):
+        json_path = os.path.join(cell_dir, f"{cell_id}.json")
+        if os.path.exists(json_path):
+            cell = {k: r[k] for k in ("config", "dtype", "remat", "topology")}
+            cell.update(id=cell_id, set=r.get("set", "").split())
+            with open(json_path) as f:
+                r = row(cell, json.load(f), "ok (from an earlier run)")
+        out_rows.append(r)
+    return out_rows
+
+
 def main(argv=None) -> list[dict]:
+    """Runs the cells; returns the whole table (the earlier rows with this run's)."""
     a = parse_args(argv)
     cell_dir = os.path.join(a.out, "cells")
     os.makedirs(cell_dir, exist_ok=True)
-    rows = []
+    table = {r["id"]: r for r in earlier_rows(a.out, cell_dir)}  # dicts keep the order
     with open(os.path.join(a.out, "plan_table.log"), "a") as log:
         for cell in cells(a):
-            rows.append(run_cell(a, cell, cell_dir, log))
-            print(f"{cell['id']}: {rows[-1]['status']}", flush=True)
+            table[cell["id"]] = run_cell(a, cell, cell_dir, log)
+            print(f"{cell['id']}: {table[cell['id']]['status']}", flush=True)
+            rows = list(table.values())
             _write(os.path.join(a.out, "plan_table.json"), json.dumps(rows, indent=1))
             _write(os.path.join(a.out, "plan_table.md"), markdown(rows))
-    return rows
+    return list(table.values())
 
 
 if __name__ == "__main__":

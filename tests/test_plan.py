@@ -246,14 +246,16 @@ def test_out_of_hbm_is_a_plan_that_does_not_fit(monkeypatch, tmp_path):
     fn, args = _oom_program(devices)
     with pytest.raises(jax.errors.JaxRuntimeError) as err:
         fn.lower(*args).compile()
-    shortfall = plan_lib.hbm_shortfall(str(err.value), topo.chip.hbm_bytes)
+    shortfall = plan_lib.hbm_shortfall(str(err.value))
     assert "RESOURCE_EXHAUSTED" in shortfall["message"], str(err.value)
     mem = shortfall["memory"]
     assert 80 * plan_lib.GIB < mem["temp"] < 90 * plan_lib.GIB
-    assert mem["temp"] < mem["total"] < mem["temp"] + 2 * plan_lib.GIB
-    assert plan_lib.hbm_shortfall("INTERNAL: something else", topo.chip.hbm_bytes) is None
+    assert mem["total"] == mem["temp"] and mem["argument"] is None  # a lower bound
+    assert shortfall["available"] == topo.chip.usable_hbm_bytes
+    assert plan_lib.hbm_shortfall("INTERNAL: something else") is None
     used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 33.50G of 31.25G hbm."
-    assert plan_lib.hbm_shortfall(used, topo.chip.hbm_bytes)["memory"]["total"] == 33.5 * 2**30
+    assert plan_lib.hbm_shortfall(used)["memory"]["total"] == 33.5 * 2**30
+    assert plan_lib.hbm_shortfall(used)["available"] == 31.25 * 2**30
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(
@@ -269,6 +271,17 @@ def test_out_of_hbm_is_a_plan_that_does_not_fit(monkeypatch, tmp_path):
     assert plan_lib.plan(config, topo, 3, log=lambda msg: None)["out_of_memory"]  # from the cache
     (cached,) = (tmp_path / "ecgan_jax" / "plans").glob("*.json")
     assert json.loads(cached.read_text())["out_of_memory"] == shortfall["message"]
+
+
+def test_usable_hbm_is_what_libtpu_gives_a_program():
+    """The chip table's usable HBM is what the installed libtpu says it gives a program, for
+    every generation."""
+    _require_libtpu()
+    for gen, chip in plan_lib.CHIPS.items():
+        topo = plan_lib.resolve_topology(f"{gen}:{'2x2x1' if chip.dims == 3 else '2x2'}")
+        usable = plan_lib.probe_usable_hbm(topo)
+        assert abs(usable - chip.usable_hbm_bytes) < 0.01 * plan_lib.GIB, (gen, usable)
+        assert usable < chip.hbm_bytes or gen == "v5p", (gen, usable)  # v5p: 95 GB published
 
 
 def test_tpu_step_takes_the_accelerator_path():

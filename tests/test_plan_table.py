@@ -100,7 +100,7 @@ def test_runs_resumes_and_reports_failures(tmp_path, monkeypatch):
     assert ok["tflop_per_step"] == pytest.approx(11.6) and ok["collective_mib"] == 373
     md = (out / "plan_table.md").read_text().splitlines()
     assert md[0].startswith("| config | dtype | remat | topology |") and len(md) == 4
-    assert "6.30 of 32" in md[2] and "42.5 (compute, ESTIMATE)" in md[2] and "failed" in md[3]
+    assert "6.30 of 32.00" in md[2] and "42.5 (compute, ESTIMATE)" in md[2] and "failed" in md[3]
     assert json.loads((out / "plan_table.json").read_text()) == rows
 
     # Again: the written cell is read back, the failed one is tried again (and times out).
@@ -123,6 +123,29 @@ def test_runs_resumes_and_reports_failures(tmp_path, monkeypatch):
     assert not calls and len(rows) == 4
     assert [r["status"] for r in rows].count("ok (from an earlier run)") == 1
     assert [r["status"] for r in rows].count("not planned yet") == 3
+
+    # A run over other cells adds to the table: the earlier rows stay, in their order.
+    def planning(cmd, cwd, capture_output, text, timeout):
+        json_path = next(c.split("=", 1)[1] for c in cmd if c.startswith("--json="))
+        pathlib.Path(json_path).write_text(json.dumps({"plan": _fake_plan(8, 27.5)}))
+        return subprocess.CompletedProcess(cmd, 0, "plan: ...", "")
+
+    monkeypatch.setattr(table.subprocess, "run", planning)
+    before = [r["id"] for r in rows]
+    rows = table.main([f"--out={out}", "--configs=cityscapes", "--dtypes=float32",
+                       "--remat=none", "--topologies=v4-8", "--batch_per_chip=8"])  # fmt: skip
+    assert [r["id"] for r in rows] == [*before, "cityscapes_float32_none_v4-8_b8"]
+    assert rows[0]["status"] == "ok (from an earlier run)" and rows[-1]["batch_per_chip"] == 8
+    assert json.loads((out / "plan_table.json").read_text()) == rows
+    assert len((out / "plan_table.md").read_text().splitlines()) == 2 + len(rows)
+    # A row follows its cell's JSON as it is now, not as the table last wrote it.
+    cell = out / "cells" / "cityscapes_float32_none_v4-8_b1.json"
+    cell.write_text(json.dumps({"plan": {**_fake_plan(1, 6.3), "fits": False}}))
+    rows = table.main([*argv, "--table_only", "--configs=ade20k"])
+    assert rows[0]["id"] == "cityscapes_float32_none_v4-8_b1" and rows[0]["fits"] is False
+    (out / "plan_table.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="plan_table.json: not a plan table"):
+        table.main([*argv, "--table_only"])
 
 
 def test_fit_rows_name_the_largest_batch():
