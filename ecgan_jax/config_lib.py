@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     # XLA:CPU code generation for the train step only (ignored on GPU/TPU). False compiles its
     # fused elementwise ops with XLA's LLVM IR emitters instead of its newer MLIR fusion
     # emitters (XLA's default), which keep every kernel in memory until the end of the compile;
-    # same step time (BENCHMARKS.md, "XLA:CPU fusion emitters"). True: XLA's default.
+    # same step time (BENCHMARKS.md, "Sixth session"). True: XLA's default.
     r.xla_cpu_fusion_emitters = False
     # XLA:TPU's space-to-batch pass for the train step (ignored off TPU). libtpu 0.0.42 aborts
     # on it compiling ADE20K's step (a check failure on a discriminator weight-gradient

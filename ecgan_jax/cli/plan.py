@@ -465,7 +465,7 @@ def _host_peak_rss() -> int:
 def _release_compile_memory() -> None:
     """What one compile leaves behind, given back: `--fit` compiles several sizes in one
     process, and JAX's caches plus glibc's free lists made its third full-size compile run out
-    of a 24 GB host (BENCHMARKS.md, "Twelfth session")."""
+    of a 24 GB host (BENCHMARKS.md, "Host memory of a TPU compile")."""
     import jax
 
     from ecgan_jax.xla_cpu.hostmem import release_host_memory
