@@ -162,11 +162,19 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def written_row(cell: dict, cell_dir: str) -> dict | None:
+    """The row of a cell whose JSON an earlier run wrote, or None."""
+    json_path = os.path.join(cell_dir, f"{cell['id']}.json")
+    if not os.path.exists(json_path):
+        return None
+    with open(json_path) as f:
+        return row(cell, json.load(f), "ok (from an earlier run)")
+
+
 def run_cell(a, cell: dict, cell_dir: str, log) -> dict:
     json_path = os.path.join(cell_dir, f"{cell['id']}.json")
-    if os.path.exists(json_path):
-        with open(json_path) as f:
-            return row(cell, json.load(f), "ok (from an earlier run)")
+    if (written := written_row(cell, cell_dir)) is not None:
+        return written
     if a.table_only:
         return row(cell, None, "not planned yet")
     cmd = command(a, cell, json_path)
@@ -196,21 +204,16 @@ def earlier_rows(out: str, cell_dir: str) -> list[dict]:
     try:
         with open(path) as f:
             rows = json.load(f)
-        ids = [r["id"] for r in rows]
-    except (ValueError, TypeError, KeyError) as e:
+        cells_ = [
+            {**{k: r[k] for k in ("id", "config", "dtype", "remat", "topology")},
+             "set": r.get("set", "").split()}
+            for r in rows
+        ]  # fmt: skip
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise SystemExit(
-            f"{path}: not a plan table ({e}); move it away to start a new one"
+            f"{path}: not a plan table ({e!r}); move it away to start a new one"
         ) from None
-    out_rows = []
-    for r, cell_id in zip(rows, ids, strict=True):
-        json_path = os.path.join(cell_dir, f"{cell_id}.json")
-        if os.path.exists(json_path):
-            cell = {k: r[k] for k in ("config", "dtype", "remat", "topology")}
-            cell.update(id=cell_id, set=r.get("set", "").split())
-            with open(json_path) as f:
-                r = row(cell, json.load(f), "ok (from an earlier run)")
-        out_rows.append(r)
-    return out_rows
+    return [written_row(c, cell_dir) or r for c, r in zip(cells_, rows, strict=True)]
 
 
 def main(argv=None) -> list[dict]:

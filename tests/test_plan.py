@@ -227,23 +227,13 @@ def test_fit_search(monkeypatch, curve, linear):
         plan_lib.fit_batch(None, topo, hbm_bytes=curve(1) - 1)
 
 
-def _oom_program(devices):
-    """A jitted function and argument whose temporaries (an n×n cumulative sum, 85 GiB) no TPU
-    chip holds: libtpu refuses it at compile time, in well under a second."""
-    import jax.numpy as jnp
-
-    sharding = jax.sharding.SingleDeviceSharding(devices[0])
-    x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=sharding)
-    return jax.jit(lambda x: jnp.cumsum(jnp.outer(x, x), axis=0)[::1000]), (x,)
-
-
 def test_out_of_hbm_is_a_plan_that_does_not_fit(monkeypatch, tmp_path):
     """libtpu's RESOURCE_EXHAUSTED compile error becomes a plan that does not fit (libtpu's
     figures, no FLOPs), cached and printed, which `--fit` takes as its upper end."""
     _require_libtpu()
     topo = plan_lib.resolve_topology(TOPOLOGY)
     devices = plan_lib.tpu_devices(topo)
-    fn, args = _oom_program(devices)
+    fn, args = plan_lib.oversized_program(devices[0])
     with pytest.raises(jax.errors.JaxRuntimeError) as err:
         fn.lower(*args).compile()
     shortfall = plan_lib.hbm_shortfall(str(err.value))
@@ -259,7 +249,9 @@ def test_out_of_hbm_is_a_plan_that_does_not_fit(monkeypatch, tmp_path):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(
-        plan_lib, "abstract_step", lambda config, mesh, batch: _oom_program(devices)
+        plan_lib,
+        "abstract_step",
+        lambda config, mesh, batch: plan_lib.oversized_program(devices[0]),
     )
     config = tiny_config()
     p = plan_lib.plan(config, topo, 3, log=lambda msg: None)

@@ -57,6 +57,7 @@ __all__ = [
     "format_plan",
     "hbm_shortfall",
     "main",
+    "oversized_program",
     "plan",
     "plan_step",
     "probe_usable_hbm",
@@ -434,25 +435,33 @@ def hbm_shortfall(text: str) -> dict | None:
     return {"message": line.strip(), "memory": memory, "available": available}
 
 
-def probe_usable_hbm(topology: Topology) -> int:
-    """The HBM libtpu gives one program on `topology`'s chips, in bytes: the "available HBM"
-    of the error for a program whose temporaries (a cumulative sum of a 10^5 × 10^5 outer
-    product, over 80 GiB) no chip but a v5p holds, or of one 4× larger; compiles of well under
-    a second."""
+def oversized_program(device, n: int = 100_000):
+    """A jitted function and its abstract argument on `device` whose temporaries (a cumulative
+    sum of an n × n outer product: over 80 GiB at n = 10^5) no chip but a v5p holds; libtpu
+    refuses it at compile time in well under a second."""
     import jax
     import jax.numpy as jnp
 
-    sharding = jax.sharding.SingleDeviceSharding(tpu_devices(topology)[0])
+    x = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(device))
+    return jax.jit(lambda x: jnp.cumsum(jnp.outer(x, x), axis=0)[::1000]), (x,)
+
+
+def probe_usable_hbm(topology: Topology) -> int:
+    """The HBM libtpu gives one program on `topology`'s chips, in bytes: the "available HBM"
+    of its refusal of `oversized_program`, or of one 4× larger where that compiles (v5p)."""
+    import jax
+
+    device = tpu_devices(topology)[0]
     for n in (100_000, 200_000):
-        x = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=sharding)
+        fn, args = oversized_program(device, n)
         try:
-            jax.jit(lambda x: jnp.cumsum(jnp.outer(x, x), axis=0)[::1000]).lower(x).compile()
+            fn.lower(*args).compile()
         except jax.errors.JaxRuntimeError as e:
             shortfall = hbm_shortfall(str(e))
             if shortfall is None:
                 raise
             return shortfall["available"]
-    raise RuntimeError(f"libtpu compiled a 149 GiB program for {topology.name}")
+    raise RuntimeError(f"libtpu compiled a program of over 300 GiB for {topology.name}")
 
 
 def _host_peak_rss() -> int:
